@@ -1,0 +1,5 @@
+import sys
+
+from crossreid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""User-facing error types.
+
+Everything a user can cause (bad paths, malformed files, inconsistent arrays, bad
+options) raises a subclass of :class:`CrossReIDError` with a one-line message that names
+the offending path or value. The command line prints that line and exits with code 2;
+library callers can catch the specific subclass.
+"""
+
+from __future__ import annotations
+
+
+class CrossReIDError(Exception):
+    """Base class of errors caused by user input (exit code 2 from the CLI)."""
+
+
+class DatasetError(CrossReIDError, ValueError):
+    """A dataset folder, file name, CSV or split is missing or malformed."""
+
+
+class EvaluationError(CrossReIDError, ValueError):
+    """Inconsistent or invalid inputs to distance computation or ranking metrics."""
+
+
+class ConfigError(CrossReIDError, ValueError):
+    """An invalid option, option combination or configuration file."""
+
+
+class CheckpointError(CrossReIDError):
+    """A checkpoint is missing, unreadable or belongs to another architecture."""
+
+
+class TrainingError(CrossReIDError, RuntimeError):
+    """Training cannot continue (for example the loss became NaN)."""
