@@ -1,0 +1,113 @@
+"""What a training run writes besides checkpoints: TensorBoard events and ``metrics.jsonl``.
+
+``metrics.jsonl`` holds one JSON object per evaluation::
+
+    {"step": 1000, "rank1": 0.61, "rank5": 0.79, "rank10": 0.84, "rank20": 0.89,
+     "mAP": 0.35, "mINP": 0.08}
+
+(fractions in [0, 1]). TensorBoard gets ``loss/<name>``, ``lr/<group>``, ``eval/<metric>`` and
+image grids ``images/input``, ``images/pose_input``, ``images/reconstruction``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+__all__ = ["METRIC_KEYS", "RunLogger", "read_metrics"]
+
+#: The keys of one ``metrics.jsonl`` line besides ``step``.
+METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
+    """The evaluation records of a ``metrics.jsonl`` file, in order (``[]`` if it is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            records.append(json.loads(line))
+    return records
+
+
+class RunLogger:
+    """TensorBoard and ``metrics.jsonl`` writer of one run (inactive on ranks other than 0).
+
+    ``resume_step``: when continuing a run, TensorBoard events and metric lines written after
+    that step by the interrupted run are discarded, so curves do not double back.
+    """
+
+    def __init__(
+        self,
+        output: str | os.PathLike[str],
+        *,
+        enabled: bool = True,
+        resume_step: int | None = None,
+    ) -> None:
+        self.output = Path(output)
+        self.enabled = enabled
+        self.metrics_path = self.output / "metrics.jsonl"
+        self._writer = None
+        if not enabled:
+            return
+        self.output.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= resume_step]
+            self.metrics_path.write_text(
+                "".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8"
+            )
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(
+            log_dir=str(self.output / "tensorboard"),
+            purge_step=resume_step + 1 if resume_step is not None else None,
+        )
+
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
+        """Write scalars ``<prefix><name>`` at ``step`` (non-finite values are skipped)."""
+        if self._writer is None:
+            return
+        for name, value in values.items():
+            value = float(value)
+            if math.isfinite(value):
+                self._writer.add_scalar(prefix + name, value, step)
+
+    def images(self, step: int, grids: Mapping[str, torch.Tensor], nrow: int = 8) -> None:
+        """Write image grids; each value is ``[B, 3, H, W]`` with values in [0, 1]."""
+        if self._writer is None:
+            return
+        from torchvision.utils import make_grid
+
+        for name, batch in grids.items():
+            grid = make_grid(batch.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
+            self._writer.add_image(f"images/{name}", grid, step)
+
+    def evaluation(self, step: int, metrics: Mapping[str, float]) -> dict:
+        """Append one ``metrics.jsonl`` line and write ``eval/<metric>`` scalars; returns it."""
+        record = {"step": int(step), **{k: float(metrics[k]) for k in METRIC_KEYS}}
+        if self._writer is None:
+            return record
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.scalars(step, {k: record[k] for k in METRIC_KEYS}, prefix="eval/")
+        self._writer.flush()
+        return record
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
