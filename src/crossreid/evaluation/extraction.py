@@ -1,0 +1,350 @@
+"""Feature extraction: images → re-ID feature vectors, in one process or across ranks.
+
+:func:`extract_features` runs a model's ``forward`` (the identity vector) over a list of
+:class:`~crossreid.data.base.ImageRecord` in dataset order, under
+:func:`torch.inference_mode` and with ``channels_last`` tensors (oneDNN's fast convolution
+layout on CPU; ``benchmarks/extract_speed.py`` measures the gain), optionally averaging
+each image's features with those of its horizontal mirror.
+
+:func:`extract_features_distributed` is the ``torchrun`` path: every rank extracts a
+strided share of the records and rank 0 receives one merged result in the original order.
+
+Example::
+
+    >>> model = load_checkpoint("run/model_best.pt")                      # doctest: +SKIP
+    >>> feats, pids, camids, paths = extract_features(model, ds.query)   # doctest: +SKIP
+    >>> feats.shape                                                       # doctest: +SKIP
+    (3368, 2048)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossreid.data.base import ImageRecord
+from crossreid.errors import ConfigError, DatasetError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ExtractedFeatures",
+    "extract_features",
+    "extract_features_distributed",
+    "records_from_folder",
+    "resolve_device",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
+# Market-1501 style names ("0002_c1s1_000451_03.jpg", "-1_c3s2_...") carry pid and camera.
+_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+
+
+class ExtractedFeatures(NamedTuple):
+    """Features of the readable images among the records, in record order.
+
+    Attributes:
+        features: ``[N, D]`` float32.
+        pids: ``[N]`` int64.
+        camids: ``[N]`` int64.
+        paths: ``N`` image paths.
+    """
+
+    features: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    paths: list[str]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when available, else CPU; refuses an unavailable CUDA."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+def records_from_folder(folder: str | Path) -> list[ImageRecord]:
+    """Every image file under ``folder`` (recursively, sorted) as an :class:`ImageRecord`.
+
+    Files named in Market-1501 style (``0002_c1s1_000451_03.jpg``) get their pid and
+    0-based camera id; other images get ``pid = camid = -1``. Files without an image
+    extension are skipped with one warning naming them.
+
+    Raises:
+        DatasetError: the folder does not exist or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist")
+    records: list[ImageRecord] = []
+    skipped: list[str] = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(str(path))
+            continue
+        match = _MARKET_NAME.match(path.name)
+        if match:
+            records.append(ImageRecord(str(path), int(match.group(1)), int(match.group(2)) - 1))
+        else:
+            records.append(ImageRecord(str(path), -1, -1))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (
+            f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        )
+        logger.warning(
+            "skipping %d non-image file(s) in %s (extensions %s expected): %s",
+            len(skipped),
+            folder,
+            "/".join(IMAGE_EXTENSIONS),
+            shown,
+        )
+    if not records:
+        raise DatasetError(f"no image file ({'/'.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return records
+
+
+@contextlib.contextmanager
+def _inference_setup(model: nn.Module, device: torch.device, channels_last: bool) -> Iterator[None]:
+    """Eval mode, target device and channels_last for the duration; the training flag and
+    the memory format are restored afterwards (the model stays on ``device``)."""
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
+
+def _extract_indexed(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    image_size: Sequence[int],
+    *,
+    batch_size: int,
+    device: torch.device,
+    flip: bool,
+    workers: int | None,
+    progress: bool,
+    channels_last: bool,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(features [M, D] float32, record indices [M] int64, corrupt count)`` for the M
+    readable records, in record order."""
+    from crossreid.data.loaders import build_test_loader
+
+    loader = build_test_loader(
+        records, image_size, batch_size, workers, pin_memory=device.type == "cuda"
+    )
+    renormalise = bool(getattr(model, "normalize_features", False))
+    chunks: list[np.ndarray] = []
+    indices: list[np.ndarray] = []
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    with _inference_setup(model, device, channels_last), torch.inference_mode():
+        for batch in _progress(loader, len(loader), desc, progress):
+            if batch is None:  # every image of the batch was unreadable
+                continue
+            images, _, _, index = batch
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            features = model(images)
+            if flip:
+                mirrored = torch.flip(images, dims=[3]).contiguous(memory_format=memory_format)
+                features = (features + model(mirrored)) / 2
+                if renormalise:  # the mean of two unit vectors is not a unit vector
+                    features = F.normalize(features, dim=1)
+            chunks.append(features.float().cpu().numpy())
+            indices.append(index.numpy().astype(np.int64))
+    corrupt = int(getattr(loader.dataset, "num_corrupt", 0))
+    if corrupt:
+        logger.warning("%s: skipped %d unreadable image(s) of %d", desc, corrupt, len(records))
+    if not chunks:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), corrupt
+    return np.concatenate(chunks), np.concatenate(indices), corrupt
+
+
+def _check_args(records: Sequence[ImageRecord], batch_size: int) -> None:
+    if len(records) == 0:
+        raise DatasetError("no images to extract features from")
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def _default_image_size(model: nn.Module, image_size: Sequence[int] | None) -> tuple[int, int]:
+    if image_size is None:
+        image_size = getattr(model, "image_size", None)
+        if image_size is None:
+            raise ConfigError("image_size is required for a model without an image_size")
+    height, width = (int(v) for v in image_size)
+    return height, width
+
+
+def _assemble(
+    records: Sequence[ImageRecord], features: np.ndarray, indices: np.ndarray, desc: str
+) -> ExtractedFeatures:
+    if len(indices) == 0:
+        raise DatasetError(f"{desc}: none of the {len(records)} images could be read")
+    return ExtractedFeatures(
+        features=np.ascontiguousarray(features, dtype=np.float32),
+        pids=np.array([records[i].pid for i in indices], dtype=np.int64),
+        camids=np.array([records[i].camid for i in indices], dtype=np.int64),
+        paths=[str(records[i].path) for i in indices],
+    )
+
+
+def extract_features(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    image_size: Sequence[int] | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = "cpu",
+    flip: bool = False,
+    workers: int | None = 0,
+    progress: bool = False,
+    channels_last: bool = True,
+    desc: str = "extract",
+) -> ExtractedFeatures:
+    """Features of ``records`` from ``model.forward`` (one process).
+
+    Args:
+        model: maps ``[B, 3, H, W]`` normalised images to ``[B, D]`` features (e.g.
+            :class:`~crossreid.models.CrossDomainReID`). It is put in eval mode and moved to
+            ``device`` (kept there); its training flag and memory format are restored.
+        records: images to read, in the order the result follows.
+        image_size: ``(H, W)`` the images are resized to (default ``model.image_size``).
+        batch_size: images per forward pass.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"``/``None``.
+        flip: average each image's features with those of its horizontal mirror (and
+            re-normalise when the model L2-normalises its features).
+        workers: data-loading processes (``None``: :func:`crossreid.data.loaders.default_workers`).
+        progress: show a tqdm progress bar.
+        channels_last: run convolutions in the channels_last layout.
+        desc: label of the progress bar and of warnings.
+
+    Returns:
+        :class:`ExtractedFeatures` ``(features [N, D] float32, pids [N], camids [N], paths)``
+        for the ``N`` readable images (unreadable ones are skipped with a warning).
+
+    Raises:
+        DatasetError: no records, or none of them readable.
+        ConfigError: bad batch size or device.
+    """
+    _check_args(records, batch_size)
+    size = _default_image_size(model, image_size)
+    features, indices, _ = _extract_indexed(
+        model,
+        records,
+        size,
+        batch_size=int(batch_size),
+        device=resolve_device(device),
+        flip=flip,
+        workers=workers,
+        progress=progress,
+        channels_last=channels_last,
+        desc=desc,
+    )
+    return _assemble(records, features, indices, desc)
+
+
+def extract_features_distributed(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    image_size: Sequence[int] | None = None,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = "cpu",
+    flip: bool = False,
+    workers: int | None = 0,
+    progress: bool = False,
+    channels_last: bool = True,
+    desc: str = "extract",
+    dst: int = 0,
+) -> ExtractedFeatures | None:
+    """:func:`extract_features` split across the ranks of the default process group.
+
+    Rank ``r`` of ``W`` extracts ``records[r::W]``; the shares are gathered on rank ``dst``
+    (``torch.distributed.gather_object``, so gloo and NCCL both work) and merged back into
+    record order, giving exactly what one process would return. Without an initialised
+    process group (or with one rank) this is :func:`extract_features`.
+
+    Every rank must call it with the same records. Returns the merged result on rank
+    ``dst`` and ``None`` on the other ranks.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return extract_features(
+            model,
+            records,
+            image_size,
+            batch_size=batch_size,
+            device=device,
+            flip=flip,
+            workers=workers,
+            progress=progress,
+            channels_last=channels_last,
+            desc=desc,
+        )
+    _check_args(records, batch_size)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    size = _default_image_size(model, image_size)
+    share = list(range(rank, len(records), world))
+    if share:
+        features, local, _ = _extract_indexed(
+            model,
+            [records[i] for i in share],
+            size,
+            batch_size=int(batch_size),
+            device=resolve_device(device),
+            flip=flip,
+            workers=workers,
+            progress=progress and rank == dst,
+            channels_last=channels_last,
+            desc=desc,
+        )
+        indices = np.asarray(share, dtype=np.int64)[local]
+    else:  # more ranks than records
+        features, indices = np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    gathered: list | None = [None] * world if rank == dst else None
+    dist.gather_object((features, indices), gathered, dst=dst)
+    if rank != dst:
+        return None
+    parts = [(f, i) for f, i in gathered if len(i)]
+    if not parts:
+        return _assemble(records, np.zeros((0, 0), np.float32), np.zeros(0, np.int64), desc)
+    all_features = np.concatenate([f for f, _ in parts])
+    all_indices = np.concatenate([i for _, i in parts])
+    order = np.argsort(all_indices, kind="stable")
+    return _assemble(records, all_features[order], all_indices[order], desc)
