@@ -1,0 +1,37 @@
+"""The cross-domain re-ID network, its building blocks and its checkpoint format.
+
+``CrossDomainReID`` is the model (identity encoder, pose encoder, decoder, classifier);
+``load_checkpoint(path)`` rebuilds one from a checkpoint file alone.
+"""
+
+from crossreid.models.backbones import BACKBONES, build_trunk, imagenet_state_dict
+from crossreid.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    build_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    load_partial,
+    read_checkpoint,
+    save_checkpoint,
+)
+from crossreid.models.decoder import Decoder
+from crossreid.models.network import CrossDomainReID, IdentityEncoder, PoseEncoder
+
+__all__ = [
+    "BACKBONES",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CrossDomainReID",
+    "Decoder",
+    "IdentityEncoder",
+    "PoseEncoder",
+    "build_checkpoint",
+    "build_trunk",
+    "imagenet_state_dict",
+    "load_checkpoint",
+    "load_model_state",
+    "load_partial",
+    "read_checkpoint",
+    "save_checkpoint",
+]

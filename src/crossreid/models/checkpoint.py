@@ -1,0 +1,261 @@
+"""The checkpoint file format: atomic writes, safe reads, strict and partial loading.
+
+A checkpoint is a plain dict written with :func:`torch.save` and read back with
+``torch.load(..., weights_only=True)``, so opening one never runs code from it::
+
+    {
+        "format": "crossreid-checkpoint",
+        "version": 1,
+        "model": model.state_dict(),
+        "config": {"model": model.config, ...},   # plain data: str/int/float/bool/list/dict/None
+        "step": 1200,
+        ...                                        # training state (optimiser, scheduler, RNG)
+    }
+
+Everything stored must survive ``weights_only`` loading: tensors, and dicts/lists/tuples of
+str/int/float/bool/None. (NumPy arrays do not: store ``array.tolist()`` or a tensor.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossreid.errors import CheckpointError, ConfigError
+from crossreid.models.network import CrossDomainReID
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "build_checkpoint",
+    "load_checkpoint",
+    "load_model_state",
+    "load_partial",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "crossreid-checkpoint"
+CHECKPOINT_VERSION = 1
+_MAX_NAMED_KEYS = 5
+
+
+def build_checkpoint(
+    model: CrossDomainReID,
+    *,
+    step: int = 0,
+    config: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The checkpoint dict for ``model``: format header, weights, ``config["model"]``, step.
+
+    ``config`` holds any further run configuration (plain data); ``extra`` adds top-level
+    entries (e.g. ``optimizer=opt.state_dict()``). A model wrapped by DDP or
+    ``torch.compile`` should be unwrapped first (``.module`` / ``._orig_mod``).
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "config": {**dict(config or {}), "model": dict(model.config)},
+        "step": int(step),
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically and return the path.
+
+    The dict is saved to a temporary file in the same folder, flushed to disk and then
+    renamed over ``path`` (:func:`os.replace`), so a crash mid-write leaves either the old
+    file or the new one, never a truncated checkpoint. The ``format`` and ``version``
+    header keys are set if absent. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
+) -> dict[str, Any]:
+    """Read and validate a crossreid checkpoint (``torch.load(..., weights_only=True)``).
+
+    Raises :class:`CheckpointError` with one line for a missing file, a folder, an
+    unreadable or corrupt file, a file holding anything but plain data and tensors, a file
+    that is not a crossreid checkpoint, or one written by a newer format version.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; expected a .pt file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt zip, pickle errors, unsafe globals, truncated files …
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        hint = ""
+        if (
+            isinstance(data, Mapping)
+            and data
+            and all(isinstance(v, torch.Tensor) for v in data.values())
+        ):
+            hint = " (it looks like a bare state dict: use --pretrained PATH for ResNet weights)"
+        raise CheckpointError(
+            f"{path} is not a crossreid checkpoint (no 'format': '{CHECKPOINT_FORMAT}' entry){hint}"
+        )
+    version = data.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}; this crossreid reads "
+            f"version {CHECKPOINT_VERSION} or older"
+        )
+    model_config = (
+        data.get("config", {}).get("model") if isinstance(data.get("config"), dict) else None
+    )
+    if not isinstance(data.get("model"), Mapping) or not isinstance(model_config, dict):
+        raise CheckpointError(
+            f"checkpoint {path} lacks its 'model' weights or its 'config'/'model' entry"
+        )
+    return data
+
+
+def _strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    # State dicts taken from a DDP or torch.compile wrapper carry these prefixes.
+    result = dict(state_dict)
+    for prefix in ("module.", "_orig_mod."):
+        if result and all(key.startswith(prefix) for key in result):
+            result = {key[len(prefix) :]: value for key, value in result.items()}
+    return result
+
+
+def _describe(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _MAX_NAMED_KEYS} more)" if len(keys) > _MAX_NAMED_KEYS else ""
+    return ", ".join(keys[:_MAX_NAMED_KEYS]) + more
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def load_model_state(
+    model: nn.Module, state_dict: Mapping[str, Any], source: str = "checkpoint"
+) -> None:
+    """Load ``state_dict`` into ``model`` strictly, with a readable error on mismatch.
+
+    Raises :class:`CheckpointError` naming up to five missing, unexpected and
+    shape-mismatched keys (with both shapes) and ``source`` (e.g. the file name).
+    """
+    state_dict = _strip_wrapper_prefixes(state_dict)
+    expected = model.state_dict()
+    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state_dict]
+    unexpected = [f"{k} {_shape(v)}" for k, v in state_dict.items() if k not in expected]
+    mismatched = [
+        f"{k} {_shape(state_dict[k])} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and _shape(state_dict[k]) != tuple(v.shape)
+    ]
+    problems = [
+        f"{label} {_describe(keys)}"
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match the model architecture: {'; '.join(problems)}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
+) -> CrossDomainReID:
+    """Rebuild the model stored in a checkpoint, from the checkpoint alone.
+
+    The architecture comes from ``config["model"]`` (no pretrained weights are fetched);
+    the weights are loaded strictly. Returns the model in eval mode on ``map_location``.
+    """
+    checkpoint = read_checkpoint(path, map_location=map_location)
+    try:
+        model = CrossDomainReID.from_config(checkpoint["config"]["model"], pretrained=None)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
+    load_model_state(model, checkpoint["model"], source=f"checkpoint {path}")
+    if map_location is not None:
+        model.to(map_location)
+    return model.eval()
+
+
+def load_partial(model: nn.Module, state_dict: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Load the entries of ``state_dict`` that fit ``model`` (for ``--init-from``).
+
+    Keys absent from the model or whose shape differs (typically the classifier when the
+    number of classes differs) are skipped and logged; model entries the state dict lacks
+    keep their current values. ``state_dict`` may also be a whole checkpoint dict (its
+    ``"model"`` entry is used).
+
+    Returns:
+        ``(loaded_keys, skipped_keys)``.
+
+    Raises:
+        CheckpointError: if not a single key could be loaded (another architecture).
+    """
+    if state_dict.get("format") == CHECKPOINT_FORMAT:
+        state_dict = state_dict["model"]
+    state_dict = _strip_wrapper_prefixes(state_dict)
+    expected = model.state_dict()
+    loadable = {
+        key: value
+        for key, value in state_dict.items()
+        if key in expected and _shape(value) == tuple(expected[key].shape)
+    }
+    skipped = [key for key in state_dict if key not in loadable]
+    if not loadable:
+        raise CheckpointError(
+            f"none of the {len(state_dict)} weights fit the model (e.g. {_describe(skipped)}); "
+            "is it a checkpoint of another backbone?"
+        )
+    model.load_state_dict(loadable, strict=False)
+    untouched = [key for key in expected if key not in loadable]
+    for key in skipped:
+        reason = "shape" if key in expected else "not in model"
+        logger.warning(
+            "init-from: skipped %s (%s: %s vs %s)",
+            key,
+            reason,
+            _shape(state_dict[key]),
+            _shape(expected.get(key)),
+        )
+    if untouched:
+        logger.info("init-from: %d model entries keep their initial values", len(untouched))
+    return list(loadable), skipped
