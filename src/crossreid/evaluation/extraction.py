@@ -41,7 +41,9 @@ __all__ = [
     "ExtractedFeatures",
     "extract_features",
     "extract_features_distributed",
+    "extract_query_gallery",
     "records_from_folder",
+    "records_from_paths",
     "resolve_device",
 ]
 
@@ -81,43 +83,78 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def _record_for(path: Path) -> ImageRecord:
+    match = _MARKET_NAME.match(path.name)
+    if match:
+        return ImageRecord(str(path), int(match.group(1)), int(match.group(2)) - 1)
+    return ImageRecord(str(path), -1, -1)
+
+
+def _warn_skipped(skipped: list[str], where: str) -> None:
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (
+            f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        )
+        logger.warning(
+            "skipping %d non-image file(s) %s (expected %s): %s",
+            len(skipped),
+            where,
+            "/".join(IMAGE_EXTENSIONS),
+            shown,
+        )
+
+
+def records_from_paths(paths: Sequence[str | Path]) -> list[ImageRecord]:
+    """Image files given one by one as :class:`ImageRecord`, in the given order.
+
+    Market-1501 style names (``0002_c1s1_000451_03.jpg``) give pid and 0-based camera id;
+    other images get ``pid = camid = -1``. Files without an image extension are skipped
+    with one warning naming them.
+
+    Raises:
+        DatasetError: a path does not exist or is not a file, or no image is left.
+    """
+    records: list[ImageRecord] = []
+    skipped: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise DatasetError(f"image {path} does not exist or is not a file")
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            records.append(_record_for(path))
+        else:
+            skipped.append(str(path))
+    _warn_skipped(skipped, "among the images")
+    if not records:
+        raise DatasetError(
+            f"no image file ({'/'.join(IMAGE_EXTENSIONS)}) among {len(skipped)} path(s)"
+        )
+    return records
+
+
 def records_from_folder(folder: str | Path) -> list[ImageRecord]:
     """Every image file under ``folder`` (recursively, sorted) as an :class:`ImageRecord`.
 
     Files named in Market-1501 style (``0002_c1s1_000451_03.jpg``) get their pid and
     0-based camera id; other images get ``pid = camid = -1``. Files without an image
-    extension are skipped with one warning naming them.
+    extension are skipped with one warning naming them (hidden files are ignored).
 
     Raises:
         DatasetError: the folder does not exist or holds no image file.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"image folder {folder} does not exist")
+        raise DatasetError(f"image folder {folder} does not exist or is not a folder")
     records: list[ImageRecord] = []
     skipped: list[str] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.name.startswith("."):
             continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(str(path))
-            continue
-        match = _MARKET_NAME.match(path.name)
-        if match:
-            records.append(ImageRecord(str(path), int(match.group(1)), int(match.group(2)) - 1))
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            records.append(_record_for(path))
         else:
-            records.append(ImageRecord(str(path), -1, -1))
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (
-            f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        )
-        logger.warning(
-            "skipping %d non-image file(s) in %s (extensions %s expected): %s",
-            len(skipped),
-            folder,
-            "/".join(IMAGE_EXTENSIONS),
-            shown,
-        )
+            skipped.append(str(path))
+    _warn_skipped(skipped, f"in {folder}")
     if not records:
         raise DatasetError(f"no image file ({'/'.join(IMAGE_EXTENSIONS)}) under {folder}")
     return records
@@ -348,3 +385,32 @@ def extract_features_distributed(
     all_indices = np.concatenate([i for _, i in parts])
     order = np.argsort(all_indices, kind="stable")
     return _assemble(records, all_features[order], all_indices[order], desc)
+
+
+def extract_query_gallery(
+    model: nn.Module,
+    query: Sequence[ImageRecord],
+    gallery: Sequence[ImageRecord],
+    image_size: Sequence[int] | None = None,
+    **options,
+) -> dict[str, np.ndarray] | None:
+    """Features of a dataset's query and gallery, under the keys ``crossreid evaluate
+    --features`` reads: ``qf, gf`` (float32 ``[Q, D]``, ``[G, D]``), ``q_pids, g_pids,
+    q_camids, g_camids`` (int64) and ``q_paths, g_paths`` (str).
+
+    ``options`` are those of :func:`extract_features_distributed` (so under ``torchrun``
+    the work is split across ranks); returns ``None`` on ranks other than 0.
+    """
+    results = {
+        prefix: extract_features_distributed(model, records, image_size, desc=desc, **options)
+        for prefix, records, desc in (("q", query, "query"), ("g", gallery, "gallery"))
+    }
+    if any(result is None for result in results.values()):
+        return None
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, result in results.items():
+        arrays[f"{prefix}f"] = result.features
+        arrays[f"{prefix}_pids"] = result.pids
+        arrays[f"{prefix}_camids"] = result.camids
+        arrays[f"{prefix}_paths"] = np.asarray(result.paths, dtype=str)
+    return arrays

@@ -54,6 +54,8 @@ import numpy as np
 from crossreid.errors import ConfigError, EvaluationError
 
 logger = logging.getLogger(__name__)
+# faiss announces at INFO which CPU build it loads; that is noise on the command line.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 __all__ = [
     "INDEX_FORMAT",

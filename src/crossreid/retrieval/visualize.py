@@ -5,7 +5,7 @@ Each match gets a coloured border by its status:
 * ``"correct"`` — green: same identity, seen by another camera (a true match);
 * ``"wrong"`` — red: another identity;
 * ``"junk"`` — grey border and a washed-out crop: ignored by the evaluation protocol
-  (same identity *and* same camera as the query, or a junk/distractor id ``-1``);
+  (same identity *and* same camera as the query);
 * ``"unknown"`` — neutral (blue-grey) border: no labels to judge by (free-form search).
 
 :func:`render_ranked_rows` draws any number of rows into one PNG (the demo reuses it);
@@ -67,13 +67,13 @@ class RankedRow:
 def match_status(q_pid: int, q_camid: int, g_pid: int, g_camid: int) -> str:
     """Status of a gallery item for a query under the Market/Duke protocol.
 
-    ``"unknown"`` when the query has no label (pid ``< 0``); ``"junk"`` for the same pid
-    and camera (discarded by the protocol) or a gallery pid of ``-1`` (junk detections);
+    ``"unknown"`` when either side has no label (pid ``< 0``, e.g. crops from a plain
+    folder); ``"junk"`` for the same pid and camera (discarded by the protocol);
     otherwise ``"correct"`` for the same pid and ``"wrong"`` for another.
     """
-    if q_pid < 0:
+    if q_pid < 0 or g_pid < 0:
         return "unknown"
-    if g_pid == -1 or (g_pid == q_pid and g_camid == q_camid):
+    if g_pid == q_pid and g_camid == q_camid:
         return "junk"
     return "correct" if g_pid == q_pid else "wrong"
 
@@ -131,7 +131,8 @@ def render_ranked_rows(
     cell_w, cell_h = tw + 2 * border, th + 2 * border
     text_h = 12
     max_matches = max(len(r.matches) for r in rows)
-    row_h = text_h + cell_h + text_h + gap
+    # Per row: label line, rank-number line, crops, score/"query" line, gap.
+    row_h = 2 * text_h + cell_h + text_h + gap
     width = gap + cell_w + 3 * gap + max_matches * (cell_w + gap)
     top = (text_h + gap) if title else 0
     canvas = Image.new("RGB", (width, top + gap + len(rows) * row_h), _BACKGROUND)
@@ -145,17 +146,19 @@ def render_ranked_rows(
 
     y = top + gap
     for row in rows:
-        draw.text((gap, y), row.label if row.label else "query", fill=_TEXT, font=font)
-        put(row.query, "query", gap, y + text_h)
+        if row.label:
+            draw.text((gap, y), row.label, fill=_TEXT, font=font)
+        tiles_y = y + 2 * text_h
+        put(row.query, "query", gap, tiles_y)
+        draw.text((gap, tiles_y + cell_h), "query", fill=_TEXT, font=font)
         x0 = gap + cell_w + 3 * gap
         for rank, (path, status) in enumerate(row.matches, start=1):
             x = x0 + (rank - 1) * (cell_w + gap)
-            draw.text((x, y), str(rank), fill=_TEXT, font=font)
-            put(path, status, x, y + text_h)
+            draw.text((x, y + text_h), str(rank), fill=_TEXT, font=font)
+            put(path, status, x, tiles_y)
             if row.scores is not None and rank <= len(row.scores):
-                draw.text(
-                    (x, y + text_h + cell_h), f"{row.scores[rank - 1]:.3f}", fill=_TEXT, font=font
-                )
+                score = f"{row.scores[rank - 1]:.3f}"
+                draw.text((x, tiles_y + cell_h), score, fill=_TEXT, font=font)
         y += row_h
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,55 @@
+"""``crossreid export``: the feature network of a checkpoint as ONNX or TorchScript."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a checkpoint's feature network to ONNX or TorchScript (dynamic batch)"
+DESCRIPTION = (
+    "Write the identity-feature network of a checkpoint (input: normalised images "
+    "[B, 3, H, W], output: features [B, D]; B dynamic) to ONNX (input 'images', output "
+    "'features') or TorchScript. The file is reloaded and checked against PyTorch's output "
+    "before it replaces --out. A checkpoint whose weights do not fit its recorded "
+    "architecture is refused."
+)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x128, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"image size {text!r} must be positive")
+    return height, width
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="C", help="a crossreid checkpoint")
+    parser.add_argument(
+        "--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx", help="file format"
+    )
+    parser.add_argument(
+        "--out", metavar="FILE", help="output file (default: beside the checkpoint)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=_size,
+        default=None,
+        metavar="HxW",
+        help="input size of the example (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip reloading the file and comparing it with PyTorch",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossreid.export import export_model
+
+    path = export_model(args.checkpoint, args.fmt, args.out, args.image_size, verify=args.verify)
+    print(f"wrote {path} ({args.fmt})")
+    return 0

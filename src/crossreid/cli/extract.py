@@ -1,0 +1,129 @@
+"""``crossreid extract``: features of a dataset's query/gallery, or of a folder of crops."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+HELP = "extract re-ID features of a dataset (query + gallery) or an image folder to a .npz"
+DESCRIPTION = (
+    "Run a checkpoint's identity encoder over images and save the features with their paths, "
+    "pids and camera ids. With --dataset the file holds qf, gf, q_pids, g_pids, q_camids, "
+    "g_camids, q_paths, g_paths (what 'crossreid evaluate --features' and 'crossreid search "
+    "--index' read); with --images it holds features, paths, pids, camids (pid/camid parsed "
+    "from Market-style names, -1 otherwise). Launched with torchrun, the images are split "
+    "across the processes and rank 0 writes one merged file."
+)
+
+log = logging.getLogger("crossreid.extract")
+
+
+def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that extracts features from a checkpoint."""
+    parser.add_argument(
+        "--flip", action="store_true", help="average features with the mirrored image's"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
+    parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="data-loading processes"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="C", help="a crossreid checkpoint")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--dataset", metavar="SPEC", help="NAME, folder:PATH or synthetic:DOMAIN (query+gallery)"
+    )
+    source.add_argument("--images", metavar="DIR", help="a folder of person crops (recursive)")
+    parser.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
+    parser.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    add_extraction_arguments(parser)
+
+
+def extraction_options(args: argparse.Namespace, device) -> dict:
+    """Keyword arguments for the extraction functions from the parsed options."""
+    return {
+        "batch_size": args.batch_size,
+        "device": device,
+        "flip": args.flip,
+        "workers": args.workers,
+        "progress": args.progress,
+    }
+
+
+def extraction_device(requested: str):
+    """The torch device for this process (``cuda:LOCAL_RANK`` under torchrun)."""
+    import os
+
+    from crossreid.evaluation.extraction import resolve_device
+
+    device = resolve_device(requested)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        import torch
+
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from crossreid.evaluation.extraction import (
+        extract_features_distributed,
+        extract_query_gallery,
+        records_from_folder,
+    )
+    from crossreid.models.checkpoint import load_checkpoint
+    from crossreid.retrieval.index import save_npz_atomic
+    from crossreid.training.distributed import cleanup_distributed, setup_distributed
+
+    device = extraction_device(args.device)
+    # Read inputs before joining a process group, so bad input fails fast on every rank.
+    model = load_checkpoint(args.checkpoint, map_location="cpu")
+    if args.dataset is not None:
+        from crossreid.data.specs import resolve_dataset
+
+        dataset = resolve_dataset(args.dataset, args.data_root)
+        records = None
+    else:
+        dataset = None
+        records = records_from_folder(args.images)
+    info = setup_distributed(device.type)
+    try:
+        options = extraction_options(args, device)
+        if dataset is not None:
+            arrays = extract_query_gallery(model, dataset.query, dataset.gallery, **options)
+        else:
+            result = extract_features_distributed(model, records, desc="images", **options)
+            arrays = None
+            if result is not None:
+                arrays = {
+                    "features": result.features,
+                    "paths": np.asarray(result.paths, dtype=str),
+                    "pids": result.pids,
+                    "camids": result.camids,
+                }
+        if arrays is None:  # not rank 0: rank 0 writes the merged file
+            return 0
+        path = save_npz_atomic(args.out, arrays)
+    finally:
+        cleanup_distributed(info)
+    if dataset is not None:
+        print(
+            f"wrote {path}: query {arrays['qf'].shape[0]} x {arrays['qf'].shape[1]}, "
+            f"gallery {arrays['gf'].shape[0]} x {arrays['gf'].shape[1]} "
+            f"({dataset.name}, {info.world_size} process(es))"
+        )
+    else:
+        skipped = len(records) - len(arrays["paths"])
+        note = f", {skipped} unreadable skipped" if skipped else ""
+        print(
+            f"wrote {path}: {arrays['features'].shape[0]} x {arrays['features'].shape[1]} "
+            f"features from {args.images}{note} ({info.world_size} process(es))"
+        )
+    return 0
