@@ -135,13 +135,19 @@ class GalleryDistance:
             if not np.isfinite(x).all():
                 raise _non_finite_error(which)
             return x, None
-        if self.metric == "correlation":
-            x = x - x.mean(axis=1, keepdims=True, dtype=np.float64).astype(dtype)
-        sq = np.einsum("ij,ij->i", x, x)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.metric == "correlation":
+                x = x - x.mean(axis=1, keepdims=True, dtype=np.float64).astype(dtype)
+            sq = np.einsum("ij,ij->i", x, x)
         # A NaN/inf anywhere makes its row's squared norm non-finite; confirm with the exact
         # test only then (the squares can also overflow for huge but finite values).
-        if not np.isfinite(sq).all() and not np.isfinite(x).all():
-            raise _non_finite_error(which)
+        if not np.isfinite(sq).all():
+            if not np.isfinite(x).all():
+                raise _non_finite_error(which)
+            rows = ~np.isfinite(sq)
+            wide = x[rows].astype(np.float64)
+            sq = sq.astype(np.float64)
+            sq[rows] = np.einsum("ij,ij->i", wide, wide)
         if self.metric == "L2":
             return x, sq.astype(dtype, copy=False)
         norm = np.sqrt(sq.astype(np.float64))

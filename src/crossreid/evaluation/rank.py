@@ -222,7 +222,7 @@ class RankAccumulator:
 
         self._ap = np.full(num_query, np.nan)
         self._inp = np.full(num_query, np.nan)
-        # Market: first-match histogram; CUHK03: summed per-query CMC increments.
+        # Histogram of the first true match's rank (CUHK03: of each draw's match).
         self._first_hist = np.zeros(self.max_rank + 1)
         self._rng = np.random.default_rng(seed)
         self._next_row = 0
@@ -262,7 +262,9 @@ class RankAccumulator:
             raise EvaluationError(
                 "no valid query: no query identity appears in the gallery under another camera"
             )
-        cmc = np.cumsum(self._first_hist[: self.max_rank]) / num_valid
+        # Integer counts until here, so the curve does not depend on chunking.
+        draws = CUHK03_REPEATS if self.protocol == "cuhk03" else 1
+        cmc = np.cumsum(self._first_hist[: self.max_rank]) / (num_valid * draws)
         return RankResult(
             cmc=np.minimum(cmc, 1.0),
             mAP=float(np.mean(self._ap[valid])),
@@ -276,7 +278,8 @@ class RankAccumulator:
     # ------------------------------------------------------------------ internals
     def _add_block(self, d: np.ndarray, start: int) -> None:
         b, num_g = d.shape
-        total = d.sum()
+        with np.errstate(over="ignore"):
+            total = d.sum()
         # A NaN/inf anywhere makes the sum non-finite (so can overflow; confirm then).
         if not np.isfinite(total) and not np.isfinite(d).all():
             bad = start + int(np.flatnonzero(~np.isfinite(d).all(axis=1))[0])
@@ -413,9 +416,8 @@ class RankAccumulator:
             own_d = dist[np.arange(n), :, own][..., None]
             ahead = (dist < own_d) | ((dist == own_d) & (gidx < own_g[..., None]))
             rank0 = np.count_nonzero(ahead, axis=2)  # (n, repeats)
-            self._first_hist += (
-                np.bincount(np.minimum(rank0, self.max_rank).ravel(), minlength=self.max_rank + 1)
-                / CUHK03_REPEATS
+            self._first_hist += np.bincount(
+                np.minimum(rank0, self.max_rank).ravel(), minlength=self.max_rank + 1
             )
 
 
