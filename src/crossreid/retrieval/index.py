@@ -19,11 +19,11 @@ Each transformation is monotone, so the order is the order of ``pairwise_distanc
 **Ties.** Gallery items at equal distance come out in ascending gallery index, which is what
 ``np.argsort(pairwise_distance(q, g), kind="stable")`` gives, both inside the top-k and at
 its boundary (of several items tied for the k-th place, the lowest indices are returned).
-faiss keeps the first-seen (lowest-id) items when its result heap is full, but does not
-order equal scores within its output consistently, so each result row is re-sorted by
-``(score, gallery index)``. Distances computed by faiss and by ``pairwise_distance`` may
-differ in the last float bits, so two items whose distances differ by less than ~1e-6 can
-swap; exactly equal gallery vectors tie in both.
+faiss itself orders and cuts ties arbitrarily, so each result row is re-sorted by
+``(score, gallery index)``, and a query whose k-th and (k+1)-th scores are equal is searched
+again over the whole gallery before it is cut. Distances computed by faiss and by
+``pairwise_distance`` may differ in the last float bits, so two items whose distances differ
+by less than ~1e-6 can swap; exactly equal gallery vectors tie in both.
 
 **Approximate search** (``approx=True``) uses an inverted-file index (``IndexIVFFlat``):
 k-means with ``nlist`` cells trained on a sample of the gallery, and ``nprobe`` cells
@@ -197,14 +197,8 @@ class FeatureIndex:
             )
             k = self.ntotal
         q = _prepare(_as_matrix(queries, "query features", self.dim), self.metric)
-        scores, ids = self.index.search(q, k)
-        missing = ids < 0
         inner_product = self.metric in _INNER_PRODUCT_METRICS
-        # Stable order of equal scores: by gallery index (missing slots last).
-        key = np.where(missing, np.inf, -scores if inner_product else scores)
-        order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), key), axis=-1)
-        scores = np.take_along_axis(scores, order, axis=1)
-        ids = np.take_along_axis(ids, order, axis=1)
+        scores, ids = self._search_stable(q, k, inner_product)
         missing = ids < 0
         if inner_product:
             distances = 1.0 - scores
@@ -214,6 +208,29 @@ class FeatureIndex:
             distances = scores
         distances = np.where(missing, np.inf, distances).astype(np.float32)
         return distances, ids.astype(np.int64)
+
+    def _search_stable(
+        self, q: np.ndarray, k: int, inner_product: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss scores and ids of the top ``k``, equal scores in ascending id order.
+
+        One extra result is requested: where the k-th and (k+1)-th scores are equal, a tie
+        straddles the boundary and faiss may have kept any of the tied items, so that query
+        is searched again over the whole gallery (rare with real features) and cut after a
+        stable sort.
+        """
+        extra = 1 if k < self.ntotal else 0
+        scores, ids = self.index.search(q, k + extra)
+        scores, ids = _sort_rows(scores, ids, inner_product)
+        if extra:
+            tied = np.flatnonzero((scores[:, k - 1] == scores[:, k]) & (ids[:, k] >= 0))
+            rows_per_call = max(1, (1 << 24) // self.ntotal)
+            for start in range(0, len(tied), rows_per_call):
+                rows = tied[start : start + rows_per_call]
+                all_scores, all_ids = self.index.search(q[rows], self.ntotal)
+                all_scores, all_ids = _sort_rows(all_scores, all_ids, inner_product)
+                scores[rows], ids[rows] = all_scores[:, : k + 1], all_ids[:, : k + 1]
+        return scores[:, :k], ids[:, :k]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index, its metric, dimension and gallery metadata to one ``.npz`` file
@@ -235,6 +252,16 @@ class FeatureIndex:
         if self.camids is not None:
             arrays["camids"] = np.asarray(self.camids, dtype=np.int64)
         return save_npz_atomic(path, arrays)
+
+
+def _sort_rows(
+    scores: np.ndarray, ids: np.ndarray, inner_product: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row best first, equal scores by ascending id, missing (-1) slots last."""
+    missing = ids < 0
+    key = np.where(missing, np.inf, -scores if inner_product else scores)
+    order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), key), axis=-1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
