@@ -75,9 +75,11 @@ def add_config_arguments(
     separator: str = "-",
     exclude: tuple[str, ...] = (),
     aliases: dict[str, tuple[str, ...]] | None = None,
+    aliases_first: bool = False,
 ) -> None:
     """Add one flag per :class:`TrainConfig` field (``separator`` joins words: ``-`` or ``_``).
 
+    ``aliases`` adds other spellings (``aliases_first``: show them in the usage line).
     Flags default to "not given" (``argparse.SUPPRESS``) so that only the flags a user typed
     override the config file; values are kept as strings and coerced (with one-line
     :class:`~crossreid.errors.ConfigError` messages) by :func:`build_config`.
@@ -95,7 +97,8 @@ def add_config_arguments(
             )
         group = groups[group_name]
         names = [f"--{f.name.replace('_', separator)}"]
-        names += [f"--{a.replace('_', separator)}" for a in aliases.get(f.name, ())]
+        extra = [f"--{a.replace('_', separator)}" for a in aliases.get(f.name, ())]
+        names = extra + names if aliases_first else names + extra
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
         TrainResult,
         config_from_checkpoint,
         evaluate_model,
-        extract_features,
         find_checkpoint,
         train,
     )
@@ -34,7 +33,6 @@ __all__ = [
     "build_config",
     "config_from_checkpoint",
     "evaluate_model",
-    "extract_features",
     "find_checkpoint",
     "load_config_file",
     "train",
@@ -44,7 +42,6 @@ _LAZY = {
     "TrainResult",
     "config_from_checkpoint",
     "evaluate_model",
-    "extract_features",
     "find_checkpoint",
     "train",
 }

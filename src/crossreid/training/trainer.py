@@ -69,7 +69,6 @@ __all__ = [
     "TrainingStep",
     "config_from_checkpoint",
     "evaluate_model",
-    "extract_features",
     "find_checkpoint",
     "positive_permutation",
     "resolve_device",
@@ -229,53 +228,6 @@ def _restore_rng(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def extract_features(
-    model: nn.Module,
-    records: Sequence[ImageRecord],
-    *,
-    image_size: Sequence[int],
-    batch_size: int = 128,
-    workers: int | None = 0,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
-    channels_last: bool = False,
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Identity features of ``records`` (test transform, no flip), in record order.
-
-    Returns ``(features [N, D] float32 on CPU, pids [N], camids [N])``; unreadable images
-    are left out (N may be smaller than ``len(records)``).
-    """
-    from crossreid.data.loaders import build_test_loader, log_corrupt_summary
-
-    device = torch.device(device)
-    loader = build_test_loader(records, image_size, batch_size, workers, pin_memory=False)
-    was_training = model.training
-    model.eval()
-    features, indices = [], []
-    try:
-        for batch in loader:
-            if batch is None:
-                continue
-            images, _, _, index = batch
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                vectors = model(images)
-            features.append(vectors.float().cpu())
-            indices.append(index)
-    finally:
-        model.train(was_training)
-    log_corrupt_summary(loader.dataset, "evaluation")
-    if not features:
-        raise DatasetError("no readable image to extract features from")
-    index = torch.cat(indices).numpy()
-    pids = np.asarray([records[i].pid for i in index], dtype=np.int64)
-    camids = np.asarray([records[i].camid for i in index], dtype=np.int64)
-    return torch.cat(features), pids, camids
-
-
 def evaluate_model(
     model: nn.Module,
     query: Sequence[ImageRecord],
@@ -287,26 +239,34 @@ def evaluate_model(
     batch_size: int = 128,
     workers: int | None = 0,
     device: torch.device | str = "cpu",
-    amp: bool = False,
     channels_last: bool = False,
 ) -> tuple[dict[str, float], list[float]]:
     """Rank-k/mAP/mINP of ``model`` on a query/gallery split (Market protocol).
+
+    Features are the identity vectors (``model.forward``) of the test transform, without
+    flipping; extraction leaves the model's training flag as it was.
 
     Returns ``(metrics, cmc)``: ``metrics`` has ``rank1, rank5, rank10, rank20, mAP, mINP``
     as fractions; ``cmc`` is the curve up to ``max_rank`` (``cmc[k-1]`` = rank-k).
     """
     from crossreid.evaluation import evaluate_rank, pairwise_distance
+    from crossreid.evaluation.extraction import extract_features
 
-    kwargs = dict(
-        image_size=image_size,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-    )
-    qf, q_pids, q_camids = extract_features(model, query, **kwargs)
-    gf, g_pids, g_camids = extract_features(model, gallery, **kwargs)
+    def features(records: Sequence[ImageRecord], desc: str):
+        return extract_features(
+            model,
+            records,
+            image_size,
+            batch_size=batch_size,
+            device=device,
+            flip=False,
+            workers=workers,
+            channels_last=channels_last,
+            desc=desc,
+        )
+
+    qf, q_pids, q_camids, _ = features(query, "query")
+    gf, g_pids, g_camids, _ = features(gallery, "gallery")
     distmat = pairwise_distance(qf, gf, metric=dist_metric)
     result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
     metrics = {key: float(value) for key, value in result.as_dict().items()}
@@ -881,7 +841,6 @@ def _run(
                     batch_size=config.eval_batch_size,
                     workers=config.workers,
                     device=device,
-                    amp=amp,
                     channels_last=config.channels_last,
                 )
                 final_metrics, final_cmc = metrics, cmc
