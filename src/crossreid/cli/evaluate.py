@@ -23,7 +23,6 @@ TABLE_RANKS = (1, 5, 10, 20)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--features",
-        required=True,
         metavar="FILE.npz",
         help="features file with qf, gf, q_pids, g_pids, q_camids, g_camids",
     )
@@ -42,6 +41,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="market", choices=["market", "cuhk03"])
     parser.add_argument("--seed", type=int, default=0, help="seed of the cuhk03 sampling")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_checkpoint_arguments(parser)
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Evaluating a checkpoint on a dataset (instead of --features), and ranked pictures."""
+    from crossreid.cli.extract import add_extraction_arguments
+
+    group = parser.add_argument_group("evaluate a checkpoint (instead of --features)")
+    group.add_argument("--checkpoint", metavar="C", help="a crossreid checkpoint")
+    group.add_argument("--dataset", metavar="SPEC", help="NAME, folder:PATH or synthetic:DOMAIN")
+    group.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
+    add_extraction_arguments(group)
+    parser.add_argument(
+        "--visualize",
+        metavar="DIR",
+        help="write one ranked-results picture per query (needs image paths; not re-ranked)",
+    )
+    parser.add_argument("--topk", type=int, default=10, metavar="K", help="matches per picture")
+
+
+def checkpoint_features(args: argparse.Namespace) -> dict[str, Any] | None:
+    """qf, gf, ... (and paths) of ``--dataset`` through ``--checkpoint``; None off rank 0."""
+    from crossreid.cli.extract import extraction_device, extraction_options
+    from crossreid.data.specs import resolve_dataset
+    from crossreid.evaluation.extraction import extract_query_gallery
+    from crossreid.models.checkpoint import load_checkpoint
+    from crossreid.training.distributed import cleanup_distributed, setup_distributed
+
+    device = extraction_device(args.device)
+    model = load_checkpoint(args.checkpoint, map_location="cpu")
+    dataset = resolve_dataset(args.dataset, args.data_root)
+    info = setup_distributed(device.type)
+    try:
+        options = extraction_options(args, device)
+        return extract_query_gallery(model, dataset.query, dataset.gallery, **options)
+    finally:
+        cleanup_distributed(info)
+
+
+def write_pictures(args: argparse.Namespace, arrays: dict[str, Any]) -> None:
+    """``--visualize DIR``: one ranked-results picture per query."""
+    from crossreid.data.base import ImageRecord
+    from crossreid.errors import EvaluationError
+    from crossreid.retrieval.visualize import visualize_features
+
+    if "q_paths" not in arrays or "g_paths" not in arrays:
+        raise EvaluationError("--visualize needs image paths: q_paths/g_paths are not in the file")
+    query, gallery = (
+        [ImageRecord(str(p), int(i), int(c)) for p, i, c in zip(*cols, strict=True)]
+        for cols in (
+            (arrays["q_paths"], arrays["q_pids"], arrays["q_camids"]),
+            (arrays["g_paths"], arrays["g_pids"], arrays["g_camids"]),
+        )
+    )
+    written = visualize_features(
+        arrays["qf"],
+        arrays["gf"],
+        query,
+        gallery,
+        args.visualize,
+        metric=args.metric,
+        topk=args.topk,
+    )
+    if not args.json:
+        print(f"wrote {len(written)} ranked-results pictures to {args.visualize}")
 
 
 def load_features(path: str | Path) -> dict[str, Any]:
@@ -137,7 +201,27 @@ def evaluate_and_report(
 
 
 def run(args: argparse.Namespace) -> int:
-    arrays = load_features(args.features)
+    from crossreid.errors import ConfigError
+
+    if (args.features is None) == (args.checkpoint is None):
+        raise ConfigError("give either --features FILE.npz or --checkpoint C --dataset SPEC")
+    if args.checkpoint is not None and args.dataset is None:
+        raise ConfigError("--checkpoint needs --dataset SPEC (the query/gallery to evaluate)")
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be a positive integer, got {args.topk}")
+    if args.checkpoint is not None:
+        arrays = checkpoint_features(args)
+        if arrays is None:  # another rank under torchrun: rank 0 reports
+            return 0
+        title = f"{args.checkpoint} on {args.dataset}"
+    else:
+        arrays = load_features(args.features)
+        title = str(args.features)
+        if args.visualize:
+            import numpy as np
+
+            with np.load(args.features, allow_pickle=False) as data:
+                arrays.update({k: data[k] for k in ("q_paths", "g_paths") if k in data.files})
     evaluate_and_report(
         arrays["qf"],
         arrays["gf"],
@@ -151,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         seed=args.seed,
         as_json=args.json,
-        title=str(args.features),
+        title=title,
     )
+    if args.visualize:
+        write_pictures(args, arrays)
     return 0

@@ -10,6 +10,7 @@ from crossreid.retrieval.visualize import (
     RankedRow,
     match_status,
     render_ranked_rows,
+    visualize_features,
     visualize_ranked_results,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "load_index",
     "match_status",
     "render_ranked_rows",
+    "visualize_features",
     "visualize_ranked_results",
 ]

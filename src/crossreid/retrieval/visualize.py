@@ -32,6 +32,7 @@ __all__ = [
     "RankedRow",
     "match_status",
     "render_ranked_rows",
+    "visualize_features",
     "visualize_ranked_results",
 ]
 
@@ -215,3 +216,27 @@ def visualize_ranked_results(
             )
         )
     return written
+
+
+def visualize_features(
+    qf: np.ndarray,
+    gf: np.ndarray,
+    query: Sequence[ImageRecord],
+    gallery: Sequence[ImageRecord],
+    out_dir: str | os.PathLike[str],
+    *,
+    metric: str = "cosine",
+    topk: int = 10,
+    max_queries: int | None = None,
+) -> list[Path]:
+    """Rank the gallery for each query by ``metric`` (exact faiss search, the same order as
+    :func:`crossreid.evaluation.pairwise_distance`) and write one picture per query with
+    :func:`visualize_ranked_results`. ``topk`` is clamped to the gallery size."""
+    from crossreid.retrieval.index import build_index
+
+    count = len(query) if max_queries is None else min(len(query), int(max_queries))
+    index = build_index(gf, metric)
+    distances, ranked = index.search(np.asarray(qf)[:count], min(int(topk), index.ntotal))
+    return visualize_ranked_results(
+        ranked, list(query)[:count], gallery, out_dir, distances=distances, topk=topk
+    )
