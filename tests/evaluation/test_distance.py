@@ -170,3 +170,16 @@ def test_bad_input_raises_one_line_error(qf, gf, metric, message):
     with pytest.raises(EvaluationError, match=message) as info:
         pairwise_distance(qf, gf, metric)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_float64_query_against_float32_gallery_is_computed_in_float64(backend):
+    qf, gf = _features(10, 3), _features(11, 5)
+    gf32 = gf.astype(np.float32)
+    expected = cdist(qf, gf32.astype(np.float64), "cosine")
+    if backend == "torch":
+        result = GalleryDistance(torch.from_numpy(gf32), "cosine")(torch.from_numpy(qf)).numpy()
+    else:
+        result = GalleryDistance(gf32, "cosine")(qf)
+    assert result.dtype == np.float64
+    np.testing.assert_allclose(result, expected, rtol=0, atol=1e-12)

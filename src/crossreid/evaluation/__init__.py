@@ -22,4 +22,3 @@ __all__ = [
     "pairwise_distance",
     "re_ranking",
 ]
-# re_ranking: exported from crossreid.evaluation.rerank (added with that module).

@@ -205,6 +205,8 @@ class GalleryDistance:
         q, q_aux = self._prepare(qf, "query")
         g, g_aux = self._g, self._aux
         dtype = np.result_type(q.dtype, g.dtype)
+        if g.dtype != dtype:  # a float64 query against a float32 gallery: redo it wide
+            g, g_aux = self._prepare_numpy(self._raw.astype(dtype), "gallery")
         num_q, num_g = q.shape[0], g.shape[0]
         if out is None:
             out = np.empty((num_q, num_g), dtype=dtype)
@@ -252,7 +254,8 @@ class GalleryDistance:
         q, q_aux = self._prepare(qf, "query")
         g, g_aux = self._g, self._aux
         dtype = torch.promote_types(q.dtype, g.dtype)
-        q, g = q.to(dtype), g.to(dtype)
+        if g.dtype != dtype:  # a float64 query against a float32 gallery: redo it wide
+            g, g_aux = self._prepare_torch(self._raw.to(dtype), "gallery")
         num_q, num_g = q.shape[0], g.shape[0]
         if out is None:
             out = torch.empty((num_q, num_g), dtype=dtype, device=g.device)
