@@ -16,6 +16,7 @@ from PIL import Image
 from crossreid.data import build_dataset
 from crossreid.data.synthetic import (
     DOMAINS,
+    GENERATOR_VERSION,
     DomainRenderer,
     SyntheticConfig,
     generate_domain,
@@ -80,7 +81,7 @@ def test_config_normalises_and_validates() -> None:
 
 def test_cache_key_names_every_field() -> None:
     base = SyntheticConfig(**TINY)
-    assert base.cache_key() == "A-ids6-img4-cam2-seed0-32x16-v1"
+    assert base.cache_key() == f"A-ids6-img4-cam2-seed0-32x16-v{GENERATOR_VERSION}"
     variants = [
         SyntheticConfig(**{**TINY, "num_ids": 7}),
         SyntheticConfig(**{**TINY, "images_per_id": 5}),
@@ -272,7 +273,7 @@ def test_domain_camera_styles_are_separated() -> None:
     assert min(s.blur for s in b) > max(s.blur for s in a)
     assert min(s.noise for s in b) > max(s.noise for s in a)
     assert max(max(abs(c - 1) for c in s.cast) for s in a) <= 0.06
-    assert min(max(abs(c - 1) for c in s.cast) for s in b) >= 0.12
+    assert min(max(abs(c - 1) for c in s.cast) for s in b) >= 0.08
     assert set(DOMAINS["A"].backgrounds).isdisjoint(DOMAINS["B"].backgrounds)
 
 

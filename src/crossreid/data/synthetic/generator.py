@@ -41,7 +41,7 @@ from crossreid.data.synthetic.styles import (
 from crossreid.errors import ConfigError, DatasetError
 
 #: Bumped whenever the images a config produces change, so stale caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 META_FILE = "meta.json"
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -71,7 +71,7 @@ class SyntheticConfig:
     Example::
 
         >>> SyntheticConfig(domain="B", num_ids=60, images_per_id=10).cache_key()
-        'B-ids60-img10-cam4-seed0-128x64-v1'
+        'B-ids60-img10-cam4-seed0-128x64-v2'
     """
 
     domain: str = "A"
@@ -480,12 +480,14 @@ def render_preview(
     out_png: str | os.PathLike,
     num_ids: int = 8,
     cell_height: int = 128,
+    colors: int | None = None,
 ) -> Path:
     """Write a contact sheet: rows = identities, columns = cameras.
 
     From a config, images are rendered in memory (every identity in every camera); from
     a generated folder, one existing image per (identity, camera) is shown, preferring
-    identities seen by the most cameras.
+    identities seen by the most cameras. Cells are scaled (nearest neighbour) to about
+    ``cell_height`` pixels; ``colors`` (e.g. 256) writes a palette PNG, much smaller.
     """
     if isinstance(root_or_config, SyntheticConfig):
         config = root_or_config
@@ -526,5 +528,7 @@ def render_preview(
                 sheet.paste(cell.resize((cw, ch), Image.NEAREST), (x, y))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
+    if colors is not None:
+        sheet = sheet.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     sheet.save(out_png, optimize=True)
     return out_png
