@@ -97,8 +97,8 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_config):
 def test_target_labels_are_never_read(tmp_path, tiny_config, monkeypatch):
     real = trainer.resolve_dataset
 
-    def scrambled(spec, data_root):
-        dataset = real(spec, data_root)
+    def scrambled(spec, data_root, **kwargs):
+        dataset = real(spec, data_root, **kwargs)
         if spec.startswith("synthetic:B"):
             g = torch.Generator().manual_seed(0)
             pids = torch.randperm(1000, generator=g)[: len(dataset.train)].tolist()

@@ -80,11 +80,11 @@ __all__ = [
 LOSS_NAMES = ("cls", "rec", "dif", "mmd", "ctr", "tri")
 
 
-def resolve_dataset(spec: str, data_root: str | None):
+def resolve_dataset(spec: str, data_root: str | None, *, progress: bool = True):
     """Resolve a dataset spec (indirection kept so tests can substitute datasets)."""
     from crossreid.data.specs import resolve_dataset as _resolve
 
-    return _resolve(spec, data_root)
+    return _resolve(spec, data_root, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,14 +582,21 @@ class _Data:
     target_records: list[ImageRecord] | None
 
 
-def _load_data(config: TrainConfig) -> _Data:
+def _load_data(config: TrainConfig, progress: bool) -> _Data:
     """Resolve the specs; pick training, target and evaluation splits for the mode."""
     if config.mode == "oracle":
-        target = resolve_dataset(config.target, config.data_root)
+        target = resolve_dataset(config.target, config.data_root, progress=progress)
         train_ds, train_spec = target, config.target
     else:
-        train_ds, train_spec = resolve_dataset(config.source, config.data_root), config.source
-        target = resolve_dataset(config.target, config.data_root) if config.target else None
+        train_ds, train_spec = (
+            resolve_dataset(config.source, config.data_root, progress=progress),
+            config.source,
+        )
+        target = (
+            resolve_dataset(config.target, config.data_root, progress=progress)
+            if config.target
+            else None
+        )
     if train_ds.num_train_pids < 2:
         raise DatasetError(
             f"{train_spec}: the training split has {train_ds.num_train_pids} identity; "
@@ -689,7 +696,7 @@ def _run(
     ckpt_dir = output / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
 
-    data = _load_data(config)
+    data = _load_data(config, progress and dist_info.is_main)
 
     # -- model, optimiser, schedule (resume / init_from) --------------------------------------
     resume_ckpt = None
