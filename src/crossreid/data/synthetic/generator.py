@@ -41,15 +41,18 @@ from crossreid.data.synthetic.styles import (
 from crossreid.errors import ConfigError, DatasetError
 
 #: Bumped whenever the images a config produces change, so stale caches are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 META_FILE = "meta.json"
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 # Seed streams: one per kind of random decision.
-_IDENTITY, _CAMERA, _IMAGE, _SPLIT, _DISTRACTOR, _VISITS, _PREVIEW, _BACKGROUND = range(1, 9)
+_IDENTITY, _CAMERA, _IMAGE, _SPLIT, _DISTRACTOR, _VISITS, _PREVIEW, _BACKGROUND, _NOISE = range(
+    1, 10
+)
 _OCCLUSION_P = 0.15  # the same in every domain: occlusion is not a camera style
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_TONE_LEVELS = 4096
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -71,7 +74,7 @@ class SyntheticConfig:
     Example::
 
         >>> SyntheticConfig(domain="B", num_ids=60, images_per_id=10).cache_key()
-        'B-ids60-img10-cam4-seed0-128x64-v2'
+        'B-ids60-img10-cam4-seed0-128x64-v3'
     """
 
     domain: str = "A"
@@ -196,6 +199,8 @@ class DomainRenderer:
         self._cameras: dict[int, CameraStyle] = {}
         self._backgrounds: dict[int, np.ndarray] = {}
         self._light: dict[int, np.ndarray] = {}
+        self._tone: dict[int, np.ndarray] = {}
+        self._noise: np.ndarray | None = None
 
     def identity(self, pid: int) -> Identity:
         if pid not in self._identities:
@@ -223,16 +228,39 @@ class DomainRenderer:
         return self._backgrounds[camera]
 
     def _illumination(self, camera: int) -> np.ndarray:
-        """Per-pixel light level of a camera (gain times a linear gradient), (H, W)."""
+        """Per-pixel, per-channel gain of a camera: light level, gradient and cast, (H, W, 3)."""
         if camera not in self._light:
             style = self.camera(camera)
             h, w = self.config.size
             d = (self.xx - w / 2) * np.cos(style.light_angle) + (self.yy - h / 2) * np.sin(
                 style.light_angle
             )
-            grad = 1.0 + 2.0 * style.light_gradient * d / max(h, w)
-            self._light[camera] = (style.gain * grad).astype(np.float32)
+            grad = style.gain * (1.0 + 2.0 * style.light_gradient * d / max(h, w))
+            cast = np.asarray(style.cast, np.float32)
+            self._light[camera] = (grad[..., None] * cast).astype(np.float32)
         return self._light[camera]
+
+    def _noise_bank(self) -> np.ndarray:
+        """Unit-variance sensor noise, (2H, 2W, 3): a luminance part shared by the channels
+        plus an independent chroma part."""
+        if self._noise is None:
+            h, w = self.config.size
+            rng = np.random.default_rng([*self._base, _NOISE])
+            n = rng.standard_normal((2 * h, 2 * w, 4), dtype=np.float32)
+            self._noise = n[..., :1] * 0.8 + n[..., 1:] * 0.6
+        return self._noise
+
+    def _tone_curve(self, camera: int) -> np.ndarray:
+        """The camera's gamma, contrast and black level as a lookup table.
+
+        Maps ``round(v * (TONE_LEVELS - 1))`` for v in [0, 1] to 0..255 (float32).
+        """
+        if camera not in self._tone:
+            style = self.camera(camera)
+            v = np.linspace(0.0, 1.0, _TONE_LEVELS, dtype=np.float64) ** style.gamma
+            out = np.clip(style.lift + v * (style.contrast * (1.0 - style.lift)), 0.0, 1.0)
+            self._tone[camera] = (out * 255.0).astype(np.float32)
+        return self._tone[camera]
 
     def render(self, pid: int, camera: int, rng: np.random.Generator) -> Image.Image:
         """One image of ``pid`` (0: a distractor) seen by ``camera``."""
@@ -291,21 +319,23 @@ class DomainRenderer:
         """Light, colour response, optics and sensor of ``camera`` applied to a scene."""
         style = self.camera(camera)
         h = self.config.size[0]
-        light = self._illumination(camera) * float(rng.uniform(0.94, 1.06))
-        img = img * light[..., None] * np.asarray(style.cast, np.float32)
-        lum = (img @ _LUMA)[..., None]
-        img = lum + style.saturation * (img - lum)
-        img = np.clip(img, 0.0, 1.0) ** style.gamma
-        img = np.clip(style.lift + img * (style.contrast * (1.0 - style.lift)), 0.0, 1.0)
+        img = img * (self._illumination(camera) * float(rng.uniform(0.94, 1.06)))
+        lum = img @ _LUMA
+        img *= style.saturation
+        img += ((1.0 - style.saturation) * lum)[..., None]
+        levels = (np.clip(img, 0.0, 1.0) * (_TONE_LEVELS - 1) + 0.5).astype(np.intp)
+        img = self._tone_curve(camera)[levels]
         sigma = style.blur * h / 128.0
         if sigma > 0.05:
-            pil = Image.fromarray((img * 255.0 + 0.5).astype(np.uint8))
+            pil = Image.fromarray((img + 0.5).astype(np.uint8))
             img = np.asarray(pil.filter(ImageFilter.GaussianBlur(sigma)), np.float32)
-        else:
-            img = img * 255.0
-        noise = rng.standard_normal((*img.shape[:2], 1), dtype=np.float32) * 0.8
-        noise = noise + rng.standard_normal(img.shape, dtype=np.float32) * 0.6
-        img = img + noise * (style.noise * 255.0)
+        # Sensor noise: a random window of a pre-drawn noise field (drawing fresh normals
+        # for every image would cost as much as rendering the person).
+        bank = self._noise_bank()
+        oy = int(rng.integers(0, bank.shape[0] - img.shape[0] + 1))
+        ox = int(rng.integers(0, bank.shape[1] - img.shape[1] + 1))
+        window = bank[oy : oy + img.shape[0], ox : ox + img.shape[1]]
+        img = img + window * (style.noise * 255.0)
         return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
 
     def encode(self, image: Image.Image, camera: int) -> bytes:
