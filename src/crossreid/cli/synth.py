@@ -20,12 +20,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SyntheticConfig()
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--domain", default=d.domain, help="camera domain: A or B")
-    parser.add_argument("--ids", type=int, default=d.num_ids, help="number of identities")
     parser.add_argument(
-        "--images-per-id", type=int, default=d.images_per_id, help="images of each identity"
+        "--ids", type=int, default=d.num_ids, metavar="N", help="number of identities"
     )
-    parser.add_argument("--cameras", type=int, default=d.num_cameras, help="number of cameras")
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    parser.add_argument(
+        "--images-per-id",
+        type=int,
+        default=d.images_per_id,
+        metavar="K",
+        help="images of each identity",
+    )
+    parser.add_argument(
+        "--cameras", type=int, default=d.num_cameras, metavar="C", help="number of cameras"
+    )
+    parser.add_argument("--seed", type=int, default=d.seed, metavar="S", help="random seed")
     parser.add_argument(
         "--size", default=f"{d.size[0]}x{d.size[1]}", metavar="HxW", help="image size"
     )
