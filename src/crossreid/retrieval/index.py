@@ -291,6 +291,7 @@ def build_index(
     nprobe: int | None = None,
     train_size: int | None = None,
     seed: int = 0,
+    kmeans_iterations: int = 20,
     paths: Sequence[str] | None = None,
     pids: Sequence[int] | None = None,
     camids: Sequence[int] | None = None,
@@ -308,6 +309,7 @@ def build_index(
         train_size: gallery vectors sampled to train the IVF k-means (default
             ``min(N, 64 * nlist)``).
         seed: seed of the training sample and k-means.
+        kmeans_iterations: k-means iterations of the IVF training.
         paths, pids, camids: optional gallery metadata stored with the index.
         add_batch_size: vectors transformed and added per step (bounds the extra memory).
 
@@ -332,6 +334,7 @@ def build_index(
         quantizer = faiss.IndexFlat(dim, faiss_metric)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
         index.cp.seed = int(seed)
+        index.cp.niter = int(kmeans_iterations)
         train_size = min(n, 64 * nlist) if train_size is None else min(n, int(train_size))
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=train_size, replace=False))
