@@ -1,0 +1,131 @@
+"""``crossreid demo``: the demo's whole code path at a tiny size, its tables and its JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from crossreid import demo
+from crossreid.cli import main
+
+# Tiny domains and a few steps: the same code path as the real demo, in seconds.
+TINY = demo.DemoRecipe(
+    ids=8,
+    images=4,
+    cameras=2,
+    data_size=(32, 16),
+    train={
+        **demo.DEFAULT_RECIPE.train,
+        "image_size": (32, 16),
+        "decoder_widths": (16, 8),
+        "batch_size": 8,
+        "num_instances": 2,
+        "max_steps": 2,
+        "warmup_steps": 1,
+        "eval_batch_size": 64,
+        "image_every": 1,
+    },
+)
+
+
+@pytest.fixture(autouse=True)
+def _tiny_and_private(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CROSSREID_CACHE", str(tmp_path_factory.getbasetemp() / "demo-cache"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _is_fraction_metrics(m: dict) -> bool:
+    return all(0.0 <= m[k] <= 1.0 for k in ("rank1", "rank5", "rank10", "mAP", "mINP")) and (
+        m["rank1"] <= m["rank5"] <= m["rank10"]
+    )
+
+
+def test_run_demo_trains_three_models_and_writes_everything(tmp_path):
+    out = tmp_path / "demo"
+    lines: list[str] = []
+    results = demo.run_demo(seed=3, output=out, recipe=TINY, progress=False, log=lines.append)
+
+    assert results["seed"] == 3
+    assert set(results["models"]) == {"source_only", "adapted", "oracle"}
+    for key, m in results["models"].items():
+        assert _is_fraction_metrics(m), key
+        assert _is_fraction_metrics(m["source_domain"]), key
+        assert m["steps"] == 2 and m["train_seconds"] >= 0
+        # Each run has its own TensorBoard folder and its single (final) evaluation.
+        assert list((out / key / "tensorboard").rglob("events.out.tfevents*")), key
+        steps = [
+            json.loads(x)["step"] for x in (out / key / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert steps == [2]
+    # The runs really differ in what they train on.
+    configs = {k: (out / k / "config.yaml").read_text() for k in results["models"]}
+    assert "mode: source-only" in configs["source_only"]
+    assert "mode: adapt" in configs["adapted"] and "mode: oracle" in configs["oracle"]
+    assert "seed=3" in configs["adapted"]  # the demo seed also seeds the domains
+
+    assert json.loads((out / "results.json").read_text())["models"] == results["models"]
+    # ranked.png: 4 queries x (source-only, adapted) rows of a query and 10 matches.
+    with Image.open(out / "ranked.png") as picture:
+        width, height = picture.size
+    assert width > 10 * 32 and height > 8 * 64
+    assert any("training adapted" in line for line in lines)
+
+
+def test_second_run_reuses_the_cached_domains(tmp_path, monkeypatch):
+    import crossreid.data.specs as specs
+
+    demo.run_demo(seed=4, output=tmp_path / "a", recipe=TINY, progress=False, log=lambda s: None)
+    calls = []
+    monkeypatch.setattr(specs, "generate_domain", lambda *a, **k: calls.append(a))
+    demo.run_demo(seed=4, output=tmp_path / "b", recipe=TINY, progress=False, log=lambda s: None)
+    assert calls == []
+
+
+def test_results_and_ablation_tables():
+    m = {"rank1": 0.5, "rank5": 0.75, "rank10": 0.8, "mAP": 0.25, "mINP": 0.125}
+    results = {
+        "seed": 1,
+        "models": {
+            "source_only": {**m, "mAP": 0.2, "source_domain": {"mAP": 0.9}, "train_seconds": 12},
+            "adapted": {**m, "mAP": 0.3, "source_domain": {"mAP": 0.8}, "train_seconds": 20},
+            "oracle": {**m, "mAP": 0.6, "source_domain": {"mAP": 0.1}, "train_seconds": 10},
+        },
+    }
+    table = demo.format_results_table(results).splitlines()
+    assert table[0] == "target B (query/gallery), seed 1"
+    assert table[3].split()[-7:] == ["50.0%", "75.0%", "80.0%", "20.0%", "12.5%", "90.0%", "12"]
+    assert demo.summary_line(results) == (
+        "adaptation: target mAP +10.0 points over source-only (25% of the gap to the oracle)"
+    )
+    ablation = {"seed": 0, "rows": {"full": m, "w_mmd=0": {**m, "mAP": 0.2}}}
+    rows = demo.format_ablation_table(ablation).splitlines()
+    assert rows[3].split()[0] == "full" and rows[3].split()[5] == "+0.0"
+    assert rows[4].split()[0] == "w_mmd=0" and rows[4].split()[5] == "-5.0"
+
+
+def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "QUICK_RECIPE", TINY)
+    path = tmp_path / "r.json"
+    argv = ["demo", "--quick", "--seed", "2", "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main([*argv, "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "source-only (A)" in out and "adapted (A→B)" in out and "oracle (B labels)" in out
+    data = json.loads(path.read_text())
+    assert data["seed"] == 2 and set(data["models"]) == {"source_only", "adapted", "oracle"}
+    assert data["seconds"] > 0
+
+    monkeypatch.setattr(demo, "LOSS_WEIGHTS", ("w_mmd",))
+    assert main([*argv, "--ablate"]) == 0
+    out = capsys.readouterr().out
+    assert "ablation on target B, seed 2" in out and "w_mmd=0" in out
+
+
+def test_cli_demo_rejects_a_negative_seed(capsys):
+    assert main(["demo", "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err
