@@ -17,6 +17,7 @@ from crossreid.evaluation.extraction import (
     extract_features,
     extract_features_distributed,
     extract_query_gallery,
+    fuse_batchnorm,
     records_from_folder,
     records_from_paths,
     resolve_device,
@@ -188,3 +189,27 @@ def test_without_a_process_group_the_distributed_path_is_the_single_process_one(
     b = extract_features(TinyNet(), records, batch_size=2)
     assert a.paths == b.paths
     np.testing.assert_array_equal(a.features, b.features)
+
+
+class _Untraceable(TinyNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return super().forward(x)
+        return -super().forward(x)
+
+
+def test_fuse_batchnorm_folds_without_touching_the_model() -> None:
+    model = TinyNet().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_batchnorm(model)
+    assert fused is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(4, 3, *SIZE)
+    with torch.no_grad():
+        np.testing.assert_allclose(fused(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    untraceable = _Untraceable().eval()
+    assert fuse_batchnorm(untraceable) is untraceable  # falls back to the model itself

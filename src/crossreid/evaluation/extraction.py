@@ -2,8 +2,9 @@
 
 :func:`extract_features` runs a model's ``forward`` (the identity vector) over a list of
 :class:`~crossreid.data.base.ImageRecord` in dataset order, under
-:func:`torch.inference_mode` and with ``channels_last`` tensors (oneDNN's fast convolution
-layout on CPU; ``benchmarks/extract_speed.py`` measures the gain), optionally averaging
+:func:`torch.inference_mode`, with BatchNorm folded into the preceding convolutions and
+``channels_last`` tensors (oneDNN's fast convolution layout on CPU;
+``benchmarks/extract_speed.py`` measures the gain), optionally averaging
 each image's features with those of its horizontal mirror.
 
 :func:`extract_features_distributed` is the ``torchrun`` path: every rank extracts a
@@ -42,6 +43,7 @@ __all__ = [
     "extract_features",
     "extract_features_distributed",
     "extract_query_gallery",
+    "fuse_batchnorm",
     "records_from_folder",
     "records_from_paths",
     "resolve_device",
@@ -160,17 +162,41 @@ def records_from_folder(folder: str | Path) -> list[ImageRecord]:
     return records
 
 
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` (in eval mode) with each BatchNorm folded into the
+    convolution before it, or ``model`` itself when it cannot be traced.
+
+    ``torch.fx`` traces ``model.forward``; the traced module references the original
+    layers, and only the fused convolutions are new tensors, so the original model is
+    left untouched and no full copy (decoder, pose encoder) is made.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        traced = torch.fx.symbolic_trace(model)
+        return fuse(traced, inplace=True, no_trace=True)
+    except Exception as exc:  # data-dependent control flow etc.: run the model as it is
+        logger.debug("BatchNorm folding skipped (%s: %s)", type(exc).__name__, exc)
+        return model
+
+
 @contextlib.contextmanager
-def _inference_setup(model: nn.Module, device: torch.device, channels_last: bool) -> Iterator[None]:
-    """Eval mode, target device and channels_last for the duration; the training flag and
-    the memory format are restored afterwards (the model stays on ``device``)."""
+def _inference_setup(
+    model: nn.Module, device: torch.device, channels_last: bool, fuse_bn: bool
+) -> Iterator[nn.Module]:
+    """Yield the network to run: ``model`` in eval mode on ``device`` (channels_last if
+    asked, BatchNorm folded if asked). The training flag and memory format of ``model`` are
+    restored afterwards (it stays on ``device``)."""
     was_training = model.training
     model.eval()
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        yield
+        network = fuse_batchnorm(model) if fuse_bn else model
+        if channels_last and network is not model:
+            network.to(memory_format=torch.channels_last)
+        yield network
     finally:
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
@@ -196,6 +222,7 @@ def _extract_indexed(
     workers: int | None,
     progress: bool,
     channels_last: bool,
+    fuse_bn: bool,
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(features [M, D] float32, record indices [M] int64, corrupt count)`` for the M
@@ -209,16 +236,19 @@ def _extract_indexed(
     chunks: list[np.ndarray] = []
     indices: list[np.ndarray] = []
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    with _inference_setup(model, device, channels_last), torch.inference_mode():
+    with (
+        _inference_setup(model, device, channels_last, fuse_bn) as network,
+        torch.inference_mode(),
+    ):
         for batch in _progress(loader, len(loader), desc, progress):
             if batch is None:  # every image of the batch was unreadable
                 continue
             images, _, _, index = batch
             images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            features = model(images)
+            features = network(images)
             if flip:
                 mirrored = torch.flip(images, dims=[3]).contiguous(memory_format=memory_format)
-                features = (features + model(mirrored)) / 2
+                features = (features + network(mirrored)) / 2
                 if renormalise:  # the mean of two unit vectors is not a unit vector
                     features = F.normalize(features, dim=1)
             chunks.append(features.float().cpu().numpy())
@@ -271,6 +301,7 @@ def extract_features(
     workers: int | None = 0,
     progress: bool = False,
     channels_last: bool = True,
+    fuse_bn: bool = True,
     desc: str = "extract",
 ) -> ExtractedFeatures:
     """Features of ``records`` from ``model.forward`` (one process).
@@ -288,6 +319,8 @@ def extract_features(
         workers: data-loading processes (``None``: :func:`crossreid.data.loaders.default_workers`).
         progress: show a tqdm progress bar.
         channels_last: run convolutions in the channels_last layout.
+        fuse_bn: fold BatchNorm layers into the convolutions before them (eval-mode
+            arithmetic, the same features up to float rounding; see :func:`fuse_batchnorm`).
         desc: label of the progress bar and of warnings.
 
     Returns:
@@ -310,6 +343,7 @@ def extract_features(
         workers=workers,
         progress=progress,
         channels_last=channels_last,
+        fuse_bn=fuse_bn,
         desc=desc,
     )
     return _assemble(records, features, indices, desc)
@@ -326,6 +360,7 @@ def extract_features_distributed(
     workers: int | None = 0,
     progress: bool = False,
     channels_last: bool = True,
+    fuse_bn: bool = True,
     desc: str = "extract",
     dst: int = 0,
 ) -> ExtractedFeatures | None:
@@ -352,6 +387,7 @@ def extract_features_distributed(
             workers=workers,
             progress=progress,
             channels_last=channels_last,
+            fuse_bn=fuse_bn,
             desc=desc,
         )
     _check_args(records, batch_size)
@@ -369,6 +405,7 @@ def extract_features_distributed(
             workers=workers,
             progress=progress and rank == dst,
             channels_last=channels_last,
+            fuse_bn=fuse_bn,
             desc=desc,
         )
         indices = np.asarray(share, dtype=np.int64)[local]
