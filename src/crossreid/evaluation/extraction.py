@@ -217,7 +217,7 @@ def _extract_indexed(
     image_size: Sequence[int],
     *,
     batch_size: int,
-    device: torch.device,
+    device: str | torch.device | None,
     flip: bool,
     workers: int | None,
     progress: bool,
@@ -226,11 +226,13 @@ def _extract_indexed(
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(features [M, D] float32, record indices [M] int64, corrupt count)`` for the M
-    readable records, in record order."""
+    readable records, in record order (``batch_size`` already checked, ``device`` as given
+    by the caller)."""
     from crossreid.data.loaders import build_test_loader
 
+    device = resolve_device(device)
     loader = build_test_loader(
-        records, image_size, batch_size, workers, pin_memory=device.type == "cuda"
+        records, image_size, int(batch_size), workers, pin_memory=device.type == "cuda"
     )
     renormalise = bool(getattr(model, "normalize_features", False))
     chunks: list[np.ndarray] = []
@@ -337,8 +339,8 @@ def extract_features(
         model,
         records,
         size,
-        batch_size=int(batch_size),
-        device=resolve_device(device),
+        batch_size=batch_size,
+        device=device,
         flip=flip,
         workers=workers,
         progress=progress,
@@ -376,37 +378,25 @@ def extract_features_distributed(
     """
     import torch.distributed as dist
 
+    # Every option but ``progress`` (shown on rank ``dst`` only) goes to each rank as given.
+    options = {
+        "batch_size": batch_size,
+        "device": device,
+        "flip": flip,
+        "workers": workers,
+        "channels_last": channels_last,
+        "fuse_bn": fuse_bn,
+        "desc": desc,
+    }
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return extract_features(
-            model,
-            records,
-            image_size,
-            batch_size=batch_size,
-            device=device,
-            flip=flip,
-            workers=workers,
-            progress=progress,
-            channels_last=channels_last,
-            fuse_bn=fuse_bn,
-            desc=desc,
-        )
+        return extract_features(model, records, image_size, progress=progress, **options)
     _check_args(records, batch_size)
     rank, world = dist.get_rank(), dist.get_world_size()
     size = _default_image_size(model, image_size)
     share = list(range(rank, len(records), world))
     if share:
         features, local, _ = _extract_indexed(
-            model,
-            [records[i] for i in share],
-            size,
-            batch_size=int(batch_size),
-            device=resolve_device(device),
-            flip=flip,
-            workers=workers,
-            progress=progress and rank == dst,
-            channels_last=channels_last,
-            fuse_bn=fuse_bn,
-            desc=desc,
+            model, [records[i] for i in share], size, progress=progress and rank == dst, **options
         )
         indices = np.asarray(share, dtype=np.int64)[local]
     else:  # more ranks than records
