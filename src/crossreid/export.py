@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from crossreid.errors import ConfigError, CrossReIDError
+from crossreid.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,6 @@ class _FeatureNetwork(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
-
-
-def _atomic_target(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
-    os.close(handle)
-    return Path(name)
 
 
 def _export_onnx(network: nn.Module, example: torch.Tensor, target: Path) -> None:
@@ -153,8 +146,7 @@ def export_network(
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, height, width, generator=generator)
     out = Path(out)
-    target = _atomic_target(out)
-    try:
+    with atomic_path(out) as target:
         if fmt == "onnx":
             _export_onnx(network, example, target)
         else:
@@ -171,10 +163,6 @@ def export_network(
                     f"the exported {fmt} model differs from PyTorch by {error:.3g} "
                     f"(shape {got.shape} vs {expected.shape}); not writing {out}"
                 )
-        os.replace(target, out)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from torch import nn
 
 from crossreid.errors import CheckpointError, ConfigError
 from crossreid.models.network import CrossDomainReID
+from crossreid.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +81,9 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     header keys are set if absent. Parent folders are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb", suffix=".tmp") as stream:
+        torch.save(payload, stream)
     return path
 
 

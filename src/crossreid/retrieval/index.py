@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from crossreid.errors import ConfigError, EvaluationError
+from crossreid.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 # faiss announces at INFO which CPU build it loads; that is noise on the command line.
@@ -268,17 +268,8 @@ def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray])
     """``np.savez`` to a temporary file beside ``path``, then rename it over ``path``, so an
     existing file is never left half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb", suffix=".npz") as stream:
+        np.savez(stream, **arrays)
     return path
 
 
