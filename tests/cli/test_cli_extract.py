@@ -44,19 +44,12 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "data": data, "checkpoint": str(checkpoint), "features": out}
 
 
-def test_extract_writes_what_evaluate_reads_and_skips_unreadable_images(setup, capsys) -> None:
+def test_extract_writes_what_evaluate_reads_and_skips_unreadable_images(
+    setup, capsys, features_file_keys
+) -> None:
     with np.load(setup["features"]) as data:
         arrays = {key: data[key] for key in data.files}
-    assert set(arrays) == {
-        "qf",
-        "gf",
-        "q_pids",
-        "g_pids",
-        "q_camids",
-        "g_camids",
-        "q_paths",
-        "g_paths",
-    }
+    assert set(arrays) == features_file_keys
     assert arrays["qf"].dtype == np.float32 and arrays["qf"].shape[1] == 512
     assert len(arrays["gf"]) == len(arrays["g_paths"]) == len(arrays["g_pids"])
     gallery_files = sorted((setup["data"] / "bounding_box_test").iterdir())

@@ -164,19 +164,10 @@ def test_records_from_paths(tmp_path, caplog) -> None:
         records_from_paths([str(tmp_path / "missing.jpg")])
 
 
-def test_query_gallery_arrays_use_the_evaluate_keys(tmp_path) -> None:
+def test_query_gallery_arrays_use_the_evaluate_keys(tmp_path, features_file_keys) -> None:
     records = _images(tmp_path, 5)
     arrays = extract_query_gallery(TinyNet(), records[:2], records[2:], batch_size=4)
-    assert set(arrays) == {
-        "qf",
-        "gf",
-        "q_pids",
-        "g_pids",
-        "q_camids",
-        "g_camids",
-        "q_paths",
-        "g_paths",
-    }
+    assert set(arrays) == features_file_keys
     assert arrays["qf"].shape == (2, 8) and arrays["gf"].shape == (3, 8)
     assert list(arrays["g_paths"]) == [r.path for r in records[2:]]
     np.testing.assert_array_equal(arrays["q_camids"], [0, 1])

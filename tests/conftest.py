@@ -1,0 +1,13 @@
+"""Fixtures shared by more than one test area."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def features_file_keys() -> set[str]:
+    """The arrays of a features file, as ``crossreid extract`` writes it and
+    ``extract_query_gallery`` returns it (what ``crossreid evaluate --features`` and
+    ``crossreid search`` read)."""
+    return {"qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids", "q_paths", "g_paths"}
