@@ -6,8 +6,6 @@ measured in the same run.
 
 from __future__ import annotations
 
-import gzip
-import re
 import resource
 import sys
 import time
@@ -20,8 +18,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_FILELIST = REPO.parent / "shared" / "data" / "market1501_filelist.txt.gz"
-# Prefix match, as the usual parsers do: the release holds a few "*.jpg.jpg" names.
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
@@ -67,20 +63,23 @@ def market_labels(path: Path = MARKET_FILELIST) -> dict[str, tuple[np.ndarray, n
     Junk images (pid -1) are dropped and distractors (pid 0) kept, as the protocol does:
     3,368 queries and 15,913 gallery images.
     """
+    # The library's parser matches a name's prefix, so the release's few "*.jpg.jpg"
+    # names are read like the others.
+    from crossreid.data import parse_market_name
+    from crossreid.data.datasets.replica import read_filelist
+
     folders = {"query": "query", "bounding_box_test": "gallery", "bounding_box_train": "train"}
     out: dict[str, tuple[list[int], list[int]]] = {v: ([], []) for v in folders.values()}
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            folder, _, name = line.strip().partition("/")
-            match = _MARKET_NAME.match(name)
-            if folder not in folders or match is None:
-                continue
-            pid, cam = int(match.group(1)), int(match.group(2))
-            if pid == -1:
-                continue
-            pids, cams = out[folders[folder]]
-            pids.append(pid)
-            cams.append(cam - 1)
+    for line in read_filelist(path):
+        folder, _, name = line.partition("/")
+        if folder not in folders:
+            continue
+        pid, camid = parse_market_name(name)
+        if pid == -1:
+            continue
+        pids, cams = out[folders[folder]]
+        pids.append(pid)
+        cams.append(camid)
     return {
         k: (np.array(p, dtype=np.int64), np.array(c, dtype=np.int64)) for k, (p, c) in out.items()
     }
