@@ -63,6 +63,18 @@ def _pair_masks(pids: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Ten
     return same & ~eye, ~same
 
 
+def _pair_inputs(
+    features: torch.Tensor, pids: torch.Tensor, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked pair-loss inputs: ``(features [B, D]`` (L2-normalised rows when
+    ``normalize``), positive mask ``[B, B]``, negative mask ``[B, B])``."""
+    _check_vectors("features", features)
+    positives, negatives = _pair_masks(pids, features.shape[0])
+    if normalize:
+        features = F.normalize(features, dim=1)
+    return features, positives, negatives
+
+
 def classification_loss(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
@@ -218,11 +230,7 @@ def contrastive_loss(
         margin: distance beyond which negative pairs stop contributing.
         normalize: L2-normalise rows first.
     """
-    _check_vectors("features", features)
-    batch = features.shape[0]
-    positives, negatives = _pair_masks(pids, batch)
-    if normalize:
-        features = F.normalize(features, dim=1)
+    features, positives, negatives = _pair_inputs(features, pids, normalize)
     squared = _squared_distances(features, features)
     # eps keeps the gradient of sqrt finite for coinciding negatives.
     distances = (squared + 1e-12).sqrt()
@@ -252,11 +260,7 @@ def triplet_loss(
         margin: required gap between the hardest negative and the hardest positive.
         normalize: L2-normalise rows first.
     """
-    _check_vectors("features", features)
-    batch = features.shape[0]
-    positives, negatives = _pair_masks(pids, batch)
-    if normalize:
-        features = F.normalize(features, dim=1)
+    features, positives, negatives = _pair_inputs(features, pids, normalize)
     distances = (_squared_distances(features, features) + 1e-12).sqrt()
     hardest_positive = distances.masked_fill(~positives, float("-inf")).amax(dim=1)
     hardest_negative = distances.masked_fill(~negatives, float("inf")).amin(dim=1)
