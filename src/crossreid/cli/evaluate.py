@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Evaluating a checkpoint on a dataset (instead of --features), and ranked pictures."""
-    from crossreid.cli.extract import add_extraction_arguments
+    from crossreid.cli._common import add_extraction_arguments
 
     group = parser.add_argument_group("evaluate a checkpoint (instead of --features)")
     group.add_argument("--checkpoint", metavar="C", help="a crossreid checkpoint")
@@ -63,7 +63,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def checkpoint_features(args: argparse.Namespace) -> dict[str, Any] | None:
     """qf, gf, ... (and paths) of ``--dataset`` through ``--checkpoint``; None off rank 0."""
-    from crossreid.cli.extract import extraction_device, extraction_options
+    from crossreid.cli._common import extraction_device, extraction_options
     from crossreid.data.specs import resolve_dataset
     from crossreid.evaluation.extraction import extract_query_gallery
     from crossreid.models.checkpoint import load_checkpoint

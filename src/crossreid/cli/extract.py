@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+from crossreid.cli._common import (
+    add_extraction_arguments,
+    extraction_device,
+    extraction_options,
+)
+
 HELP = "extract re-ID features of a dataset (query + gallery) or an image folder to a .npz"
 DESCRIPTION = (
     "Run a checkpoint's identity encoder over images and save the features with their paths, "
@@ -18,21 +24,6 @@ DESCRIPTION = (
 log = logging.getLogger("crossreid.extract")
 
 
-def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that extracts features from a checkpoint."""
-    parser.add_argument(
-        "--flip", action="store_true", help="average features with the mirrored image's"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
-    parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="data-loading processes"
-    )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
-    )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="C", help="a crossreid checkpoint")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -43,31 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
     parser.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     add_extraction_arguments(parser)
-
-
-def extraction_options(args: argparse.Namespace, device) -> dict:
-    """Keyword arguments for the extraction functions from the parsed options."""
-    return {
-        "batch_size": args.batch_size,
-        "device": device,
-        "flip": args.flip,
-        "workers": args.workers,
-        "progress": args.progress,
-    }
-
-
-def extraction_device(requested: str):
-    """The torch device for this process (``cuda:LOCAL_RANK`` under torchrun)."""
-    import os
-
-    from crossreid.evaluation.extraction import resolve_device
-
-    device = resolve_device(requested)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        import torch
-
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from crossreid.cli.extract import add_extraction_arguments, extraction_device
+from crossreid.cli._common import add_extraction_arguments, extraction_device
 
 HELP = "find the top-k gallery matches of query images (faiss exact or IVF search)"
 DESCRIPTION = (

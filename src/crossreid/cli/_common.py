@@ -1,0 +1,49 @@
+"""Argument helpers shared by the commands that extract features from a checkpoint
+(``extract``, ``evaluate --checkpoint``, ``search``).
+
+The leading underscore keeps the dispatcher from listing this module as a subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that extracts features from a checkpoint."""
+    parser.add_argument(
+        "--flip", action="store_true", help="average features with the mirrored image's"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
+    parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="data-loading processes"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
+    )
+
+
+def extraction_options(args: argparse.Namespace, device) -> dict:
+    """Keyword arguments for the extraction functions from the parsed options."""
+    return {
+        "batch_size": args.batch_size,
+        "device": device,
+        "flip": args.flip,
+        "workers": args.workers,
+        "progress": args.progress,
+    }
+
+
+def extraction_device(requested: str):
+    """The torch device for this process (``cuda:LOCAL_RANK`` under torchrun)."""
+    import os
+
+    from crossreid.evaluation.extraction import resolve_device
+
+    device = resolve_device(requested)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        import torch
+
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
