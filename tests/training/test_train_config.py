@@ -136,3 +136,13 @@ def test_modes():
     assert valid().uses_target_batches
     assert not valid(mode="source-only").uses_target_batches
     assert not valid(w_mmd=0, w_rec=0, w_dif=0).uses_target_batches
+
+
+def test_crop_padding_scales_with_image_height_unless_given():
+    # 10 px at the usual 256x128 re-ID size; small images get a proportional shift so the
+    # random crop cannot move the person out of view.
+    assert TrainConfig(image_size=(256, 128)).effective_crop_padding == 10
+    assert TrainConfig(image_size=(64, 32)).effective_crop_padding == 2
+    assert TrainConfig(image_size=(32, 16), crop_padding=0).effective_crop_padding == 0
+    with pytest.raises(ConfigError, match="crop_padding must be >= 0"):
+        TrainConfig(source="synthetic:A", target="synthetic:B", crop_padding=-1).validate()

@@ -108,6 +108,12 @@ class TrainConfig:
         "sampling",
     )
     random_erasing: float = _f(0.0, "probability of random erasing on training images", "sampling")
+    crop_padding: int | None = _f(
+        None,
+        "zero padding (pixels) before the random training crop (default: 10 at an image "
+        "height of 256, scaled with the height, e.g. 2 at 64x32)",
+        "sampling",
+    )
     # -- optimisation ----------------------------------------------------------------------
     max_steps: int = _f(10000, "training steps", "optimisation")
     epochs: float | None = _f(
@@ -206,6 +212,14 @@ class TrainConfig:
         return self.target_batch_size if self.target_batch_size is not None else self.batch_size
 
     @property
+    def effective_crop_padding(self) -> int:
+        """Pad-and-crop shift in pixels: ``crop_padding``, else 10 px per 256 px of height
+        (the usual re-ID recipe at 256x128), so small images are not shifted out of view."""
+        if self.crop_padding is not None:
+            return self.crop_padding
+        return round(10 * self.image_size[0] / 256)
+
+    @property
     def effective_save_every(self) -> int:
         return self.save_every if self.save_every is not None else self.eval_every
 
@@ -241,6 +255,8 @@ class TrainConfig:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise ConfigError(f"crop_padding must be >= 0, got {self.crop_padding}")
         for name in ("target_batch_size", "save_every"):
             value = getattr(self, name)
             if value is not None and value < 1:

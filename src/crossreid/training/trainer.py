@@ -745,6 +745,7 @@ def _run(
         rank=dist_info.rank,
         world_size=dist_info.world_size,
         random_erasing=config.random_erasing,
+        pad=config.effective_crop_padding,
     )
     if config.epochs is not None:
         max_steps = max(1, math.ceil(config.epochs * len(source_loader)))
@@ -806,6 +807,7 @@ def _run(
             rank=dist_info.rank,
             world_size=dist_info.world_size,
             random_erasing=config.random_erasing,
+            pad=config.effective_crop_padding,
         )
 
     # -- outputs ------------------------------------------------------------------------------
