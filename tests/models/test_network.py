@@ -9,6 +9,7 @@ import torch
 
 from crossreid.errors import ConfigError
 from crossreid.models import CrossDomainReID, Decoder, IdentityEncoder, PoseEncoder
+from crossreid.models.network import default_decoder_widths
 
 
 @pytest.mark.parametrize(
@@ -75,6 +76,20 @@ def test_decoder_widths_are_configurable(make_small):
     with torch.inference_mode():
         maps = torch.zeros(1, 512, 2, 1)
         assert model.eval().decode(maps, maps).shape == (1, 3, 64, 32)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "channels", "expected"),
+    [("resnet50", 2048, (2048, 512, 256, 64)), ("resnet18", 512, (512, 128, 64, 16))],
+)
+def test_default_decoder_widths_scale_with_the_trunk(backbone, channels, expected):
+    # The design's widths for 2048-channel trunks; scaled by channels / 2048 otherwise.
+    assert default_decoder_widths(channels) == expected
+    if backbone == "resnet18":
+        model = CrossDomainReID(backbone, num_classes=3, image_size=(64, 32))
+        assert model.config["decoder_widths"] == list(expected)
+        convs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs[0].in_channels == 2 * channels and convs[0].out_channels == expected[0]
 
 
 def test_parameter_groups_partition_the_model(small):

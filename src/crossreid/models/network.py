@@ -68,6 +68,15 @@ def _image_size(value: Any) -> tuple[int, int]:
     return height, width
 
 
+#: Decoder widths of the design (seed architecture) for a 2048-channel trunk.
+DESIGN_DECODER_WIDTHS = (2048, 512, 256, 64)
+
+
+def default_decoder_widths(trunk_channels: int) -> tuple[int, ...]:
+    """The design's decoder widths scaled by ``trunk_channels / 2048`` (at least 8 each)."""
+    return tuple(max(8, w * trunk_channels // 2048) for w in DESIGN_DECODER_WIDTHS)
+
+
 class CrossDomainReID(nn.Module):
     """ARN-style network with separate identity and pose encoders and a shared decoder.
 
@@ -79,7 +88,11 @@ class CrossDomainReID(nn.Module):
             see :mod:`crossreid.models.backbones`) or a path to a torchvision-format ResNet
             state dict; loaded into both trunks.
         image_size: ``(H, W)`` of input images and of reconstructions.
-        decoder_widths: output channels of the decoder's upsampling blocks.
+        decoder_widths: output channels of the decoder's upsampling blocks. ``None`` (the
+            default) gives the design's ``(2048, 512, 256, 64)`` for the 2048-channel trunks
+            (resnet50/101) and the same widths scaled by the trunk's channels otherwise
+            (``(512, 128, 64, 16)`` for resnet18/34), so a small backbone does not get a
+            decoder several times its own cost.
         dropout: dropout probability before the classifier.
         normalize_features: L2-normalise the vector returned by :meth:`forward`.
 
@@ -94,7 +107,7 @@ class CrossDomainReID(nn.Module):
         num_classes: int | None = None,
         pretrained: str | os.PathLike[str] | None = None,
         image_size: Sequence[int] = (224, 224),
-        decoder_widths: Sequence[int] = (2048, 512, 256, 64),
+        decoder_widths: Sequence[int] | None = None,
         dropout: float = 0.0,
         normalize_features: bool = False,
     ) -> None:
@@ -103,6 +116,8 @@ class CrossDomainReID(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
         image_size = _image_size(image_size)
+        if decoder_widths is None:
+            decoder_widths = default_decoder_widths(spec.channels)
         widths = [int(w) for w in decoder_widths]
         if not widths or min(widths) < 1:
             raise ConfigError(
