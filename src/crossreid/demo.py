@@ -210,7 +210,9 @@ def _ranked_rows(
                 scores.append(float(dist[gi]))
                 if len(matches) == topk:
                     break
-            label = f"{MODEL_LABELS[key][1]}  query pid {q.pid} cam {q.camid}"
+            # ASCII arrow: PIL's built-in bitmap font has no glyph for "→".
+            name = MODEL_LABELS[key][1].replace("→", "->")
+            label = f"{name}  query pid {q.pid} cam {q.camid}"
             rows.append(RankedRow(str(q.path), matches, label, scores))
     return rows
 
