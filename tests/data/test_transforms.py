@@ -174,3 +174,33 @@ def test_denormalize_inverts_normalize_and_clamps() -> None:
     assert torch.allclose(denormalize(normalize(pixels)), pixels, atol=1e-6)
     assert denormalize(torch.full((3, 2, 2), 100.0)).max() == 1.0
     assert denormalize(torch.zeros(3, 2, 2)).shape == (3, 2, 2)
+
+
+def test_transfer_colour_statistics_takes_the_reference_channel_statistics():
+    from crossreid.data.transforms import normalize, transfer_colour_statistics
+
+    # Image: channel c holds the pixels {0.4, 0.6} (mean 0.5, std 0.1414); reference:
+    # channel c holds {0.1, 0.3} (mean 0.2), {0.45, 0.55} (mean 0.5), {0.7, 0.9} (mean 0.8).
+    image = torch.tensor([0.4, 0.6, 0.4, 0.6]).view(1, 1, 2, 2).repeat(1, 3, 1, 1)
+    ref = torch.stack(
+        [
+            torch.tensor([0.1, 0.3, 0.1, 0.3]),
+            torch.tensor([0.45, 0.55, 0.45, 0.55]),
+            torch.tensor([0.7, 0.9, 0.7, 0.9]),
+        ]
+    ).view(1, 3, 2, 2)
+    out = transfer_colour_statistics(normalize(image), normalize(ref), prob=1.0)
+    pixels = denormalize(out, clamp=False)
+    # Same content (low, high, low, high), moved to each reference channel's mean and spread.
+    torch.testing.assert_close(pixels, ref, atol=1e-5, rtol=0)
+
+
+def test_transfer_colour_statistics_prob_zero_is_identity_and_is_seeded():
+    from crossreid.data.transforms import transfer_colour_statistics
+
+    images = torch.randn(4, 3, 8, 4)
+    refs = torch.randn(3, 3, 8, 4) * 0.5 - 1
+    torch.testing.assert_close(transfer_colour_statistics(images, refs, prob=0.0), images)
+    a = transfer_colour_statistics(images, refs, torch.Generator().manual_seed(3), prob=0.5)
+    b = transfer_colour_statistics(images, refs, torch.Generator().manual_seed(3), prob=0.5)
+    assert a.shape == images.shape and torch.equal(a, b)

@@ -175,3 +175,52 @@ def pose_jitter(
     pixels = pixels.gather(1, index)
     pixels = torch.where(invert.view(batch, 1, 1, 1), 1.0 - pixels, pixels)
     return (pixels - m) / s
+
+
+def transfer_colour_statistics(
+    images: Tensor,
+    references: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    prob: float = 1.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    eps: float = 1e-3,
+) -> Tensor:
+    """Give images the colour statistics of random reference images (pixel-level adaptation).
+
+    Per image, with probability ``prob``: pick a random reference image and replace the
+    image's per-channel pixel mean and standard deviation by the reference's
+    (``(x - mu_x) / sigma_x * sigma_r + mu_r``, clamped to [0, 1]). With unlabelled *target*
+    images as references, labelled source images take on the target cameras' brightness,
+    contrast and colour cast while keeping their content, so the identity encoder learns
+    on target-like colours. This is the zeroth-order form of low-frequency style transfer
+    used in pixel-level domain adaptation (e.g. Fourier Domain Adaptation, CVPR 2020).
+
+    Args:
+        images: normalised ``[B, 3, H, W]``.
+        references: normalised ``[R, 3, H', W']`` (any spatial size), same device.
+        generator: random source (a CPU generator works for images on any device).
+    Returns:
+        normalised ``[B, 3, H, W]``, same dtype and device as ``images``.
+    """
+    if images.dim() != 4 or images.shape[1] != 3 or references.dim() != 4:
+        raise ValueError(
+            "transfer_colour_statistics expects images [B, 3, H, W] and references "
+            f"[R, 3, H, W], got {tuple(images.shape)} and {tuple(references.shape)}"
+        )
+    batch = images.shape[0]
+    draw_device = generator.device if generator is not None else images.device
+    pick = torch.randint(references.shape[0], (batch,), generator=generator, device=draw_device).to(
+        images.device
+    )
+    apply = (torch.rand(batch, generator=generator, device=draw_device) < prob).to(images.device)
+
+    m, s = _stats(mean, std, images)
+    pixels = images * s + m
+    ref = (references * s + m)[pick]
+    mu, sigma = pixels.mean((2, 3), keepdim=True), pixels.std((2, 3), keepdim=True)
+    ref_mu, ref_sigma = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
+    styled = ((pixels - mu) / sigma.clamp_min(eps) * ref_sigma + ref_mu).clamp(0.0, 1.0)
+    pixels = torch.where(apply.view(batch, 1, 1, 1), styled, pixels)
+    return (pixels - m) / s

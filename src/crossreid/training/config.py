@@ -108,6 +108,12 @@ class TrainConfig:
         "sampling",
     )
     random_erasing: float = _f(0.0, "probability of random erasing on training images", "sampling")
+    target_style_prob: float = _f(
+        0.0,
+        "adapt mode: probability that a source image takes the per-channel colour statistics "
+        "(brightness, contrast, colour cast) of a random unlabelled target image",
+        "sampling",
+    )
     crop_padding: int | None = _f(
         None,
         "zero padding (pixels) before the random training crop (default: 10 at an image "
@@ -205,7 +211,9 @@ class TrainConfig:
     @property
     def uses_target_batches(self) -> bool:
         """Whether training draws unlabelled target batches (adapt mode with a target loss)."""
-        return self.mode == "adapt" and (self.w_mmd > 0 or self.w_rec > 0 or self.w_dif > 0)
+        return self.mode == "adapt" and (
+            self.w_mmd > 0 or self.w_rec > 0 or self.w_dif > 0 or self.target_style_prob > 0
+        )
 
     @property
     def effective_target_batch_size(self) -> int:
@@ -278,6 +286,8 @@ class TrainConfig:
             raise ConfigError(f"image_size {h}x{w}: both sides must be at least 16 pixels")
         if (self.workers is not None and self.workers < 0) or self.warmup_steps < 0:
             raise ConfigError("workers and warmup_steps must be >= 0")
+        if not 0 <= self.target_style_prob <= 1:
+            raise ConfigError(f"target_style_prob must be in [0, 1], got {self.target_style_prob}")
         if not 0 <= self.random_erasing <= 1:
             raise ConfigError(f"random_erasing must be in [0, 1], got {self.random_erasing}")
         if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):

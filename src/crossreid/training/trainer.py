@@ -456,6 +456,12 @@ class TrainingStep:
                 source = source.contiguous(memory_format=torch.channels_last)
                 if target is not None:
                     target = target.contiguous(memory_format=torch.channels_last)
+            if target is not None and c.target_style_prob > 0:
+                from crossreid.data.transforms import transfer_colour_statistics
+
+                source = transfer_colour_statistics(
+                    source, target, generator, prob=c.target_style_prob
+                )
             pose_source = pose_jitter_fn(source, generator) if self.use_pose else source
             pose_target = (
                 pose_jitter_fn(target, generator) if self.use_pose and target is not None else None
