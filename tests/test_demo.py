@@ -121,11 +121,14 @@ def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
     assert data["seconds"] > 0
 
     # w_ctr is already 0 in the recipe: zeroing it again would be a duplicate row.
-    monkeypatch.setattr(demo, "ABLATION_TERMS", ("w_mmd", "w_ctr"))
+    # w_cls=0 with w_ctr=0 leaves nothing to supervise identities: skipped, said so.
+    monkeypatch.setattr(demo, "ABLATION_TERMS", ("w_mmd", "w_ctr", "w_cls"))
     assert main([*argv, "--ablate"]) == 0
     out = capsys.readouterr().out
     assert "ablation on target B, seed 2" in out and "w_mmd=0" in out
     assert "w_ctr=0" not in out
+    assert "w_cls=0: skipped, not a valid training configuration" in out
+    assert not any(line.startswith("w_cls=0 ") for line in out.splitlines())
 
 
 def test_cli_demo_rejects_a_negative_seed(capsys):

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crossreid.errors import ConfigError
+
 __all__ = [
     "DEFAULT_RECIPE",
     "MODEL_LABELS",
@@ -366,15 +368,20 @@ def run_ablation(
     variants += [(f"{w}=0", {w: 0.0}) for w in terms if float(recipe.train.get(w, 1.0)) > 0]
     for name, overrides in variants:
         log(f"ablation: adapted with {name} ...")
-        run = _train_and_evaluate(
-            recipe,
-            "adapt",
-            seed,
-            output / name.replace("=", "_"),
-            datasets,
-            progress,
-            **overrides,
-        )
+        try:
+            run = _train_and_evaluate(
+                recipe,
+                "adapt",
+                seed,
+                output / name.replace("=", "_"),
+                datasets,
+                progress,
+                **overrides,
+            )
+        except ConfigError as err:
+            # e.g. w_cls=0 when no other term supervises the identity encoder.
+            log(f"{name}: skipped, not a valid training configuration ({err})")
+            continue
         rows[name] = _clean(run)
         log(f"{name}: target mAP {run['mAP']:.1%}")
     results = {"seed": seed, "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
