@@ -741,17 +741,21 @@ def _run(
         model.to(memory_format=torch.channels_last)
 
     max_steps = config.max_steps
+    # Loading and augmentation options shared by the source and target loaders.
+    loader_options = {
+        "workers": config.workers,
+        "seed": config.seed,
+        "rank": dist_info.rank,
+        "world_size": dist_info.world_size,
+        "random_erasing": config.random_erasing,
+        "pad": config.effective_crop_padding,
+    }
     source_loader = build_source_loader(
         data.train_records,
         config.image_size,
         config.batch_size,
         config.num_instances,
-        workers=config.workers,
-        seed=config.seed,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-        random_erasing=config.random_erasing,
-        pad=config.effective_crop_padding,
+        **loader_options,
     )
     if config.epochs is not None:
         max_steps = max(1, math.ceil(config.epochs * len(source_loader)))
@@ -808,12 +812,7 @@ def _run(
             data.target_records,
             config.image_size,
             config.effective_target_batch_size,
-            workers=config.workers,
-            seed=config.seed,
-            rank=dist_info.rank,
-            world_size=dist_info.world_size,
-            random_erasing=config.random_erasing,
-            pad=config.effective_crop_padding,
+            **loader_options,
         )
 
     # -- outputs ------------------------------------------------------------------------------
