@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from crossreid.errors import CheckpointError
 from crossreid.models import (
     CHECKPOINT_FORMAT,
     build_checkpoint,
+    link_checkpoint,
     load_checkpoint,
     load_model_state,
     load_partial,
@@ -69,6 +71,33 @@ def test_save_is_atomic(make_small, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     assert read_checkpoint(path)["step"] == 1  # the previous checkpoint is intact
+
+
+def _tiny_payload(step):
+    return {"model": {"w": torch.full((2,), float(step))}, "config": {"model": {}}, "step": step}
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_link_checkpoint_shares_the_file_and_survives_the_next_save(
+    tmp_path, monkeypatch, hard_links
+):
+    if not hard_links:
+
+        def no_links(*args, **kwargs):
+            raise OSError("operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_links)
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint(last, _tiny_payload(1))
+    link_checkpoint(last, best)
+    assert (last.stat().st_ino == best.stat().st_ino) is hard_links
+    assert read_checkpoint(best)["step"] == 1
+
+    save_checkpoint(last, _tiny_payload(2))  # a later, worse step: best.pt must keep step 1
+    assert read_checkpoint(last)["step"] == 2
+    assert read_checkpoint(best)["step"] == 1
+    assert torch.equal(read_checkpoint(best)["model"]["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
 def _save_raw(path, obj):

@@ -9,6 +9,7 @@ from crossreid.models.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     build_checkpoint,
+    link_checkpoint,
     load_checkpoint,
     load_model_state,
     load_partial,
@@ -33,5 +34,6 @@ __all__ = [
     "load_model_state",
     "load_partial",
     "read_checkpoint",
+    "link_checkpoint",
     "save_checkpoint",
 ]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "build_checkpoint",
+    "link_checkpoint",
     "load_checkpoint",
     "load_model_state",
     "load_partial",
@@ -84,6 +87,32 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     with atomic_write(path, "wb", suffix=".tmp") as stream:
         torch.save(payload, stream)
+    return path
+
+
+def link_checkpoint(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Make ``path`` hold the same checkpoint as ``source`` without a second copy on disk.
+
+    Training saves ``best.pt`` at the same step as ``last.pt`` whenever the target mAP
+    improves; a ResNet-50 checkpoint with its optimiser state is several hundred MB, so
+    ``best.pt`` is a hard link to the file just written. This is safe because checkpoints
+    are only ever replaced by renaming a new file over the name (:func:`save_checkpoint`),
+    never rewritten in place: when ``last.pt`` is next saved, ``best.pt`` keeps the old
+    file. The link is made under a temporary name and renamed over ``path``, so ``path``
+    is never missing or partial; where the file system has no hard links, it is copied.
+    """
+    source, path = Path(source), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(source, temp)
+        except OSError:  # no hard links here (or another device): a plain copy
+            shutil.copyfile(source, temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     return path
 
 

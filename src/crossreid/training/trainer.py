@@ -686,6 +686,7 @@ def _run(
     from crossreid.models import CrossDomainReID
     from crossreid.models.checkpoint import (
         build_checkpoint,
+        link_checkpoint,
         load_model_state,
         load_partial,
         read_checkpoint,
@@ -875,7 +876,7 @@ def _run(
                 payload = checkpoint_payload(step)
                 save_checkpoint(last_path, payload)
                 if improved:
-                    save_checkpoint(best_path, payload)
+                    link_checkpoint(last_path, best_path)  # one file on disk, two names
         barrier(dist_info)
 
     # -- the loop ------------------------------------------------------------------------------
