@@ -28,6 +28,7 @@ TINY = demo.DemoRecipe(
         "eval_batch_size": 64,
         "image_every": 1,
     },
+    adapt=dict(demo.DEFAULT_RECIPE.adapt),
 )
 
 
@@ -49,7 +50,9 @@ def _is_fraction_metrics(m: dict) -> bool:
 def test_run_demo_trains_three_models_and_writes_everything(tmp_path):
     out = tmp_path / "demo"
     lines: list[str] = []
-    results = demo.run_demo(seed=3, output=out, recipe=TINY, progress=False, log=lines.append)
+    results = demo.run_demo(
+        seed=3, output=out, recipe=TINY, progress=False, log=lines.append, workers=1
+    )
 
     assert results["seed"] == 3
     assert set(results["models"]) == {"source_only", "adapted", "oracle"}
@@ -67,6 +70,9 @@ def test_run_demo_trains_three_models_and_writes_everything(tmp_path):
     configs = {k: (out / k / "config.yaml").read_text() for k in results["models"]}
     assert "mode: source-only" in configs["source_only"]
     assert "mode: adapt" in configs["adapted"] and "mode: oracle" in configs["oracle"]
+    # Camera-wise BatchNorm (target data at test time) belongs to the adapted model only.
+    assert "camera_bn: true" in configs["adapted"]
+    assert "camera_bn: false" in configs["source_only"] and "camera_bn: false" in configs["oracle"]
     assert "seed=3" in configs["adapted"]  # the demo seed also seeds the domains
 
     assert json.loads((out / "results.json").read_text())["models"] == results["models"]
@@ -74,16 +80,36 @@ def test_run_demo_trains_three_models_and_writes_everything(tmp_path):
     with Image.open(out / "ranked.png") as picture:
         width, height = picture.size
     assert width > 10 * 32 and height > 8 * 64
-    assert any("training adapted" in line for line in lines)
+    assert any(line.startswith("adapted (A→B): target mAP") for line in lines)
+
+
+def test_runs_in_worker_processes_give_the_same_numbers(tmp_path):
+    # Every run is single-threaded, in this process or in a worker: identical results.
+    def metrics(workers):
+        results = demo.run_demo(
+            seed=6,
+            output=tmp_path / str(workers),
+            recipe=TINY,
+            progress=False,
+            log=lambda s: None,
+            workers=workers,
+        )
+        return {
+            key: {k: m[k] for k in ("rank1", "rank5", "mAP", "mINP")}
+            for key, m in results["models"].items()
+        }
+
+    assert metrics(1) == metrics(3)
 
 
 def test_second_run_reuses_the_cached_domains(tmp_path, monkeypatch):
     import crossreid.data.specs as specs
 
-    demo.run_demo(seed=4, output=tmp_path / "a", recipe=TINY, progress=False, log=lambda s: None)
+    options = {"recipe": TINY, "progress": False, "log": lambda s: None, "workers": 1}
+    demo.run_demo(seed=4, output=tmp_path / "a", **options)
     calls = []
     monkeypatch.setattr(specs, "generate_domain", lambda *a, **k: calls.append(a))
-    demo.run_demo(seed=4, output=tmp_path / "b", recipe=TINY, progress=False, log=lambda s: None)
+    demo.run_demo(seed=4, output=tmp_path / "b", **options)
     assert calls == []
 
 
@@ -113,7 +139,7 @@ def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "QUICK_RECIPE", TINY)
     path = tmp_path / "r.json"
     argv = ["demo", "--quick", "--seed", "2", "--output", str(tmp_path / "o"), "--no-progress"]
-    assert main([*argv, "--json", str(path)]) == 0
+    assert main([*argv, "--json", str(path), "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     assert "source-only (A)" in out and "adapted (A→B)" in out and "oracle (B labels)" in out
     data = json.loads(path.read_text())
@@ -122,15 +148,18 @@ def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
 
     # w_ctr is already 0 in the recipe: zeroing it again would be a duplicate row.
     # w_cls=0 with w_ctr=0 leaves nothing to supervise identities: skipped, said so.
-    monkeypatch.setattr(demo, "ABLATION_TERMS", ("w_mmd", "w_ctr", "w_cls"))
-    assert main([*argv, "--ablate"]) == 0
+    monkeypatch.setattr(demo, "ABLATION_TERMS", ("w_mmd", "w_ctr", "w_cls", "camera_bn"))
+    assert main([*argv, "--ablate", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "ablation on target B, seed 2" in out and "w_mmd=0" in out
+    assert "camera_bn=off" in out
     assert "w_ctr=0" not in out
     assert "w_cls=0: skipped, not a valid training configuration" in out
     assert not any(line.startswith("w_cls=0 ") for line in out.splitlines())
 
 
-def test_cli_demo_rejects_a_negative_seed(capsys):
+def test_cli_demo_rejects_a_negative_seed_or_jobs(capsys):
     assert main(["demo", "--seed", "-1"]) == 2
     assert "--seed must be >= 0" in capsys.readouterr().err
+    assert main(["demo", "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err

@@ -28,11 +28,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,9 @@ MODEL_LABELS: dict[str, tuple[str, str]] = {
 }
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 LOSS_WEIGHTS = ("w_cls", "w_rec", "w_dif", "w_mmd", "w_ctr")
-#: What ``--ablate`` switches off in turn: each loss weight and the target colour transfer.
-ABLATION_TERMS = (*LOSS_WEIGHTS, "target_style_prob")
+#: What ``--ablate`` switches off in turn: each loss weight, the target colour transfer and
+#: the camera-wise BatchNorm statistics at test time.
+ABLATION_TERMS = (*LOSS_WEIGHTS, "target_style_prob", "camera_bn")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class DemoRecipe:
 
     The synthetic domains are generated at ``data_size`` with ``ids`` identities each (half
     train, half test), ``images`` images per identity and ``cameras`` cameras. ``train`` holds
-    :class:`~crossreid.training.TrainConfig` fields shared by the three runs.
+    :class:`~crossreid.training.TrainConfig` fields shared by the three runs, ``adapt``
+    those of the adapted run only.
     """
 
     ids: int = 100
@@ -77,6 +80,9 @@ class DemoRecipe:
     cameras: int = 4
     data_size: tuple[int, int] = (64, 32)
     train: dict[str, Any] = field(default_factory=dict)
+    #: Settings of the adapted run only (on top of ``train``): what uses unlabelled target
+    #: data outside the training batches, such as camera-wise BatchNorm at test time.
+    adapt: dict[str, Any] = field(default_factory=dict)
 
     def spec(self, domain: str, seed: int) -> str:
         """The ``synthetic:`` dataset spec of ``domain`` for a demo seed."""
@@ -116,14 +122,22 @@ _COMMON_TRAIN: dict[str, Any] = {
     "image_every": 100,
 }
 
-DEFAULT_RECIPE = DemoRecipe(train={**_COMMON_TRAIN, "max_steps": 250})
-QUICK_RECIPE = DemoRecipe(ids=60, images=10, train={**_COMMON_TRAIN, "max_steps": 80})
+#: The adapted model is evaluated with camera-wise BatchNorm statistics taken from B's
+#: unlabelled training images (test-time adaptation to each target camera's colour cast and
+#: exposure; measured in the README's demo section). The source-only model must not see
+#: target data and the oracle is the plain supervised model, so neither uses it.
+_ADAPT_ONLY: dict[str, Any] = {"camera_bn": True}
+
+DEFAULT_RECIPE = DemoRecipe(train={**_COMMON_TRAIN, "max_steps": 250}, adapt=dict(_ADAPT_ONLY))
+QUICK_RECIPE = DemoRecipe(
+    ids=60, images=10, train={**_COMMON_TRAIN, "max_steps": 80}, adapt=dict(_ADAPT_ONLY)
+)
 
 
 def _train_config(recipe: DemoRecipe, mode: str, seed: int, output: Path, **overrides: Any):
     from crossreid.training import TrainConfig
 
-    values = {**recipe.train, **overrides}
+    values = {**recipe.train, **(recipe.adapt if mode == "adapt" else {}), **overrides}
     max_steps = int(values["max_steps"])
     return TrainConfig(
         source=recipe.spec("A", seed),
@@ -154,6 +168,7 @@ def _evaluate(model, dataset, config) -> tuple[dict[str, float], Any, Any]:
             workers=0,
             channels_last=False,
             desc=desc,
+            camera_bn=dataset.train if config.camera_bn else None,
         )
 
     q = features(dataset.query, "query")
@@ -171,13 +186,14 @@ def _train_and_evaluate(
     output: Path,
     datasets: dict[str, Any],
     progress: bool,
+    step_callback: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """One training run, evaluated on the target (B) and on the source (A)."""
     from crossreid.training import train
 
     config = _train_config(recipe, mode, seed, output, **overrides)
-    result = train(config, progress=progress)
+    result = train(config, progress=progress, step_callback=step_callback)
     model = result.model
     target_metrics, target_features, target_dist = _evaluate(model, datasets["B"], config)
     source_metrics, _, _ = _evaluate(model, datasets["A"], config)
@@ -189,6 +205,159 @@ def _train_and_evaluate(
         "_features": target_features,
         "_dist": target_dist,
     }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One training run of the demo or the ablation: results key, label, mode, overrides."""
+
+    key: str
+    label: str
+    mode: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def default_jobs() -> int:
+    """Training runs at once: the CPUs this process may use, at most 3."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(3, cpus))
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker(recipe: DemoRecipe, seed: int, output: str, job: _Job, queue) -> dict[str, Any]:
+    """A job in a worker process: one thread, progress reported through ``queue``."""
+    import torch
+
+    from crossreid.data.specs import resolve_dataset
+
+    torch.set_num_threads(1)
+    datasets = {d: resolve_dataset(recipe.spec(d, seed), progress=False) for d in "AB"}
+    return _train_and_evaluate(
+        recipe,
+        job.mode,
+        seed,
+        Path(output),
+        datasets,
+        False,
+        step_callback=lambda step, total: queue.put((job.key, step, total)),
+        **job.overrides,
+    )
+
+
+def _run_jobs(
+    recipe: DemoRecipe,
+    seed: int,
+    output: Path,
+    jobs: Sequence[_Job],
+    datasets: dict[str, Any],
+    *,
+    workers: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any] | BaseException]:
+    """Run the training jobs, each on one thread, ``workers`` at a time.
+
+    Every run uses exactly one thread whatever the machine, so its numbers do not depend on
+    the CPU count (float sums are split across threads differently, and training from
+    scratch amplifies the difference); on a multi-core CPU, single-threaded runs side by
+    side are also faster than one run using all cores. With ``workers == 1`` the runs are
+    made in this process, one after the other; otherwise in spawned worker processes,
+    longest (adaptation) first. Returns each job's result, or the exception it raised.
+    """
+    results: dict[str, dict[str, Any] | BaseException] = {}
+
+    def finished(job: _Job, run: dict[str, Any] | BaseException) -> None:
+        results[job.key] = run
+        if isinstance(run, BaseException):
+            return
+        log(
+            f"{job.label}: target mAP {run['mAP']:.1%} rank-1 {run['rank1']:.1%}; "
+            f"source mAP {run['source_domain']['mAP']:.1%} ({run['train_seconds']:.0f} s)"
+        )
+
+    if workers <= 1:
+        for job in jobs:
+            log(f"training {job.label} ...")
+            try:
+                with _one_thread():
+                    run = _train_and_evaluate(
+                        recipe,
+                        job.mode,
+                        seed,
+                        output / job.key,
+                        datasets,
+                        progress,
+                        **job.overrides,
+                    )
+            except ConfigError as err:
+                run = err
+            finished(job, run)
+        return results
+
+    import multiprocessing
+    import queue as queue_module
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no forked copy of a threaded parent
+    ordered = sorted(jobs, key=lambda job: job.mode != "adapt")
+    log(f"training {len(jobs)} models, {workers} at a time (one thread each) ...")
+    bars: dict[str, Any] = {}
+    if progress:
+        from tqdm.auto import tqdm
+
+        bars = {
+            job.key: tqdm(
+                total=None,
+                desc=f"{job.label:<20}",
+                position=i,
+                leave=True,
+                dynamic_ncols=True,
+                unit="step",
+            )
+            for i, job in enumerate(ordered)
+        }
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        updates = manager.Queue()
+        futures = {
+            pool.submit(_worker, recipe, seed, str(output / job.key), job, updates): job
+            for job in ordered
+        }
+        pending = set(futures)
+        while pending:
+            try:
+                key, step, total = updates.get(timeout=0.5)
+                if key in bars:
+                    bars[key].total = total
+                    bars[key].n = step
+                    bars[key].refresh()
+            except queue_module.Empty:
+                pass
+            for future in [f for f in pending if f.done()]:
+                pending.discard(future)
+                job = futures[future]
+                error = future.exception()
+                finished(job, error if error is not None else future.result())
+                if error is not None and not isinstance(error, ConfigError):
+                    for other in pending:
+                        other.cancel()
+                    raise error
+    for bar in bars.values():
+        bar.close()
+    return results
 
 
 def _ranked_rows(
@@ -275,6 +444,7 @@ def run_demo(
     progress: bool = True,
     num_queries: int = 4,
     log: Callable[[str], None] = print,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) the synthetic domains, train the three models and evaluate them.
 
@@ -288,6 +458,8 @@ def run_demo(
         progress: show progress bars.
         num_queries: queries drawn in ``ranked.png``.
         log: where the progress lines go.
+        workers: training runs at once, each on one thread (default :func:`default_jobs`);
+            the results do not depend on it.
 
     Returns:
         ``{"seed", "models": {"source_only"|"adapted"|"oracle": {rank1, rank5, rank10, mAP,
@@ -309,15 +481,23 @@ def run_demo(
         datasets[domain] = resolve_dataset(spec, progress=progress)
     log(f"data ready in {time.perf_counter() - started:.0f} s")
 
+    jobs = [_Job(key, label, mode) for key, (mode, label) in MODEL_LABELS.items()]
+    done = _run_jobs(
+        recipe,
+        seed,
+        output,
+        jobs,
+        datasets,
+        workers=default_jobs() if workers is None else workers,
+        progress=progress,
+        log=log,
+    )
     runs: dict[str, dict[str, Any]] = {}
-    for key, (mode, label) in MODEL_LABELS.items():
-        log(f"training {label} ...")
-        runs[key] = _train_and_evaluate(recipe, mode, seed, output / key, datasets, progress)
-        m = runs[key]
-        log(
-            f"{label}: target mAP {m['mAP']:.1%} rank-1 {m['rank1']:.1%}; "
-            f"source mAP {m['source_domain']['mAP']:.1%} ({m['train_seconds']:.0f} s)"
-        )
+    for job in jobs:  # in table order
+        run = done[job.key]
+        if isinstance(run, BaseException):
+            raise run
+        runs[job.key] = run
 
     rows = _ranked_rows(runs, datasets["B"], ("source_only", "adapted"), num_queries, 10, seed)
     ranked = render_ranked_rows(
@@ -347,11 +527,13 @@ def run_ablation(
     progress: bool = True,
     weights: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The adapted model with each part of the method switched off in turn (plus the full one).
 
-    ``weights`` defaults to :data:`ABLATION_TERMS` (the loss weights and the target colour
-    transfer); terms already 0 in the recipe are skipped, since zeroing them changes nothing.
+    ``weights`` defaults to :data:`ABLATION_TERMS` (the loss weights, the target colour
+    transfer and camera-wise BatchNorm); terms already 0 (off) in the recipe are skipped,
+    since switching them off changes nothing. ``workers`` as for :func:`run_demo`.
 
     Returns ``{"seed", "rows": {"full"|"w_rec=0"|...: {rank1, ..., mAP, mINP,
     source_domain, train_seconds}}, "seconds"}`` (target metrics as fractions).
@@ -362,28 +544,36 @@ def run_ablation(
     recipe = recipe or (QUICK_RECIPE if quick else DEFAULT_RECIPE)
     output = Path(output)
     datasets = {d: resolve_dataset(recipe.spec(d, seed), progress=progress) for d in "AB"}
+    settings = {**recipe.train, **recipe.adapt}
+    jobs = [_Job("full", "full", "adapt")]
+    for term in ABLATION_TERMS if weights is None else weights:
+        value = settings.get(term, 1.0)
+        if isinstance(value, bool):
+            if value:
+                jobs.append(_Job(f"{term}=off", f"{term}=off", "adapt", {term: False}))
+        elif float(value) > 0:
+            jobs.append(_Job(f"{term}=0", f"{term}=0", "adapt", {term: 0.0}))
+    log(f"ablation: the adapted model, then with each of {len(jobs) - 1} parts switched off")
+    done = _run_jobs(
+        recipe,
+        seed,
+        output,
+        [dataclasses.replace(job, key=job.key.replace("=", "_")) for job in jobs],
+        datasets,
+        workers=default_jobs() if workers is None else workers,
+        progress=progress,
+        log=log,
+    )
     rows: dict[str, dict[str, Any]] = {}
-    variants: list[tuple[str, dict[str, Any]]] = [("full", {})]
-    terms = ABLATION_TERMS if weights is None else weights
-    variants += [(f"{w}=0", {w: 0.0}) for w in terms if float(recipe.train.get(w, 1.0)) > 0]
-    for name, overrides in variants:
-        log(f"ablation: adapted with {name} ...")
-        try:
-            run = _train_and_evaluate(
-                recipe,
-                "adapt",
-                seed,
-                output / name.replace("=", "_"),
-                datasets,
-                progress,
-                **overrides,
-            )
-        except ConfigError as err:
+    for job in jobs:
+        run = done[job.key.replace("=", "_")]
+        if isinstance(run, ConfigError):
             # e.g. w_cls=0 when no other term supervises the identity encoder.
-            log(f"{name}: skipped, not a valid training configuration ({err})")
-            continue
-        rows[name] = _clean(run)
-        log(f"{name}: target mAP {run['mAP']:.1%}")
+            log(f"{job.label}: skipped, not a valid training configuration ({run})")
+        elif isinstance(run, BaseException):
+            raise run
+        else:
+            rows[job.label] = _clean(run)
     results = {"seed": seed, "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
     output.mkdir(parents=True, exist_ok=True)
     (output / "ablation.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -196,3 +196,18 @@ def test_devices(tmp_path, tiny_config):
             train(tiny_config(tmp_path, device="cuda:0"), progress=False)
     with pytest.warns(UserWarning, match="--amp needs CUDA"), pytest.raises(ConfigError):
         train(tiny_config(tmp_path, device="cpu", amp=True, source="synthetic:Q"), progress=False)
+
+
+def test_camera_bn_evaluation_changes_the_metrics_only(tmp_path, tiny_config):
+    # Camera-wise BatchNorm statistics are used for the evaluation and then put back: the
+    # training itself (losses, weights, the model's own statistics) is untouched.
+    plain = train(tiny_config(tmp_path / "p", max_steps=2, eval_every=1), progress=False)
+    camera = train(
+        tiny_config(tmp_path / "c", max_steps=2, eval_every=1, camera_bn=True), progress=False
+    )
+    assert plain.history == camera.history
+    weights = camera.model.state_dict()
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert camera.final_metrics.keys() == plain.final_metrics.keys()
+    assert camera.final_metrics != plain.final_metrics

@@ -305,6 +305,7 @@ def extract_features(
     channels_last: bool = True,
     fuse_bn: bool = True,
     desc: str = "extract",
+    camera_bn: Sequence[ImageRecord] | None = None,
 ) -> ExtractedFeatures:
     """Features of ``records`` from ``model.forward`` (one process).
 
@@ -324,6 +325,10 @@ def extract_features(
         fuse_bn: fold BatchNorm layers into the convolutions before them (eval-mode
             arithmetic, the same features up to float rounding; see :func:`fuse_batchnorm`).
         desc: label of the progress bar and of warnings.
+        camera_bn: unlabelled images of the same camera network (e.g. its training split):
+            when given, each camera's records are extracted with BatchNorm statistics
+            recomputed from that camera's images (see
+            :mod:`crossreid.evaluation.camera_bn`); the model's own are restored after.
 
     Returns:
         :class:`ExtractedFeatures` ``(features [N, D] float32, pids [N], camids [N], paths)``
@@ -333,6 +338,23 @@ def extract_features(
         DatasetError: no records, or none of them readable.
         ConfigError: bad batch size or device.
     """
+    if camera_bn is not None:
+        from crossreid.evaluation.camera_bn import extract_features_camera_bn
+
+        return extract_features_camera_bn(
+            model,
+            records,
+            camera_bn,
+            image_size,
+            batch_size=batch_size,
+            device=device,
+            flip=flip,
+            workers=workers,
+            progress=progress,
+            channels_last=channels_last,
+            fuse_bn=fuse_bn,
+            desc=desc,
+        )
     _check_args(records, batch_size)
     size = _default_image_size(model, image_size)
     features, indices, _ = _extract_indexed(

@@ -166,6 +166,13 @@ class TrainConfig:
     # -- evaluation and logging ------------------------------------------------------------
     eval_every: int = _f(1000, "evaluate on the target query/gallery every N steps", "logging")
     dist_metric: str = _f("cosine", "evaluation distance", "logging", choices=DIST_METRICS)
+    camera_bn: bool = _f(
+        False,
+        "evaluate with camera-wise BatchNorm statistics: each camera's images are normalised "
+        "with statistics recomputed from that camera's unlabelled training images (a "
+        "test-time adaptation; reads camera ids, never identity labels)",
+        "logging",
+    )
     eval_batch_size: int = _f(128, "batch size of feature extraction", "logging")
     max_rank: int = _f(50, "longest CMC rank computed", "logging")
     log_every: int = _f(20, "write losses and learning rate every N steps", "logging")

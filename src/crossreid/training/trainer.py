@@ -240,11 +240,14 @@ def evaluate_model(
     workers: int | None = 0,
     device: torch.device | str = "cpu",
     channels_last: bool = False,
+    camera_bn: Sequence[ImageRecord] | None = None,
 ) -> tuple[dict[str, float], list[float]]:
     """Rank-k/mAP/mINP of ``model`` on a query/gallery split (Market protocol).
 
     Features are the identity vectors (``model.forward``) of the test transform, without
-    flipping; extraction leaves the model's training flag as it was.
+    flipping; extraction leaves the model's training flag as it was. ``camera_bn``:
+    unlabelled images of the same cameras to take camera-wise BatchNorm statistics from
+    (:mod:`crossreid.evaluation.camera_bn`).
 
     Returns ``(metrics, cmc)``: ``metrics`` has ``rank1, rank5, rank10, rank20, mAP, mINP``
     as fractions; ``cmc`` is the curve up to ``max_rank`` (``cmc[k-1]`` = rank-k).
@@ -263,6 +266,7 @@ def evaluate_model(
             workers=workers,
             channels_last=channels_last,
             desc=desc,
+            camera_bn=camera_bn,
         )
 
     qf, q_pids, q_camids, _ = features(query, "query")
@@ -585,6 +589,7 @@ class _Data:
     eval_query: list[ImageRecord]
     eval_gallery: list[ImageRecord]
     eval_name: str
+    eval_train: list[ImageRecord]  # unlabelled use only: camera-wise BatchNorm statistics
     target_records: list[ImageRecord] | None
 
 
@@ -616,6 +621,7 @@ def _load_data(config: TrainConfig, progress: bool) -> _Data:
         eval_query=list(evaluation.query),
         eval_gallery=list(evaluation.gallery),
         eval_name=str(eval_spec),
+        eval_train=list(evaluation.train),
         target_records=list(target.train)
         if target is not None and config.mode == "adapt"
         else None,
@@ -655,8 +661,16 @@ def _write_config(config: TrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    step_callback: Callable[[int, int], None] | None = None,
+) -> TrainResult:
     """Run (or resume) the training described by ``config``; see the module docstring.
+
+    ``step_callback(step, max_steps)``, when given, is called after every training step
+    (e.g. to report progress from a worker process).
 
     Writes under ``config.output``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (rank 0 only under ``torchrun``).
@@ -674,13 +688,20 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     probe = resolve_device(config.device)  # fail fast on a missing GPU, before joining a group
     dist_info = setup_distributed(probe.type)
     try:
-        return _run(config, dist_info, progress=progress, started=started)
+        return _run(
+            config, dist_info, progress=progress, started=started, step_callback=step_callback
+        )
     finally:
         cleanup_distributed(dist_info)
 
 
 def _run(
-    config: TrainConfig, dist_info: DistInfo, *, progress: bool, started: float
+    config: TrainConfig,
+    dist_info: DistInfo,
+    *,
+    progress: bool,
+    started: float,
+    step_callback: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     from crossreid.data.loaders import build_source_loader, build_target_loader, infinite_batches
     from crossreid.models import CrossDomainReID
@@ -857,6 +878,7 @@ def _run(
                     workers=config.workers,
                     device=device,
                     channels_last=config.channels_last,
+                    camera_bn=data.eval_train if config.camera_bn else None,
                 )
                 final_metrics, final_cmc = metrics, cmc
                 run_logger.evaluation(step, metrics)
@@ -923,6 +945,8 @@ def _run(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in out.losses.items()}, refresh=False)
+            if step_callback is not None:
+                step_callback(step, max_steps)
             if step % config.log_every == 0 or step == max_steps:
                 names = sorted(window)
                 mean = torch.tensor([window[k] / window_count for k in names], dtype=torch.float64)
