@@ -79,6 +79,48 @@ def test_evaluate_checkpoint_gives_the_same_numbers_and_writes_pictures(setup, c
     assert len(list(pictures.glob("*.png"))) == num_queries
 
 
+def test_camera_bn_extraction_and_evaluation(setup, tmp_path, capsys) -> None:
+    from crossreid.data.specs import resolve_dataset
+    from crossreid.evaluation.extraction import extract_features
+    from crossreid.models import load_checkpoint
+
+    out = tmp_path / "camera_bn.npz"
+    dataset_args = ["--dataset", f"folder:{setup['data']}", "--workers", "0", "--no-progress"]
+    args = ["extract", "--checkpoint", setup["checkpoint"], *dataset_args, "--camera-bn"]
+    assert main([*args, "--out", str(out), "--device", "cpu"]) == 0
+    dataset = resolve_dataset(f"folder:{setup['data']}")
+    model = load_checkpoint(setup["checkpoint"])
+    expected = extract_features(model, dataset.query, camera_bn=dataset.train)
+    with np.load(out) as data, np.load(setup["features"]) as plain:
+        np.testing.assert_allclose(data["qf"], expected.features, atol=1e-5)
+        assert np.abs(data["qf"] - plain["qf"]).max() > 1e-3  # the statistics did change
+        arrays = {key: data[key] for key in data.files}
+    capsys.readouterr()
+    evaluate = ["evaluate", "--checkpoint", setup["checkpoint"], *dataset_args, "--json"]
+    assert main([*evaluate, "--camera-bn"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    direct = evaluate_features(
+        *(arrays[k] for k in ("qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids"))
+    )
+    assert reported["mAP"] == pytest.approx(direct.mAP, abs=1e-6)
+
+    rc = main(
+        [
+            "extract",
+            "--checkpoint",
+            setup["checkpoint"],
+            "--images",
+            str(setup["data"]),
+            "--out",
+            str(tmp_path / "x.npz"),
+            "--camera-bn",
+        ]
+    )
+    assert rc == 2
+    assert "--camera-bn needs --dataset" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_extract_images_folder_warns_about_non_image_files(setup, tmp_path, caplog) -> None:
     crops = tmp_path / "crops"
     shutil.copytree(setup["data"] / "query", crops)

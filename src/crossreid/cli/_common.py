@@ -24,6 +24,17 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_camera_bn_argument(parser) -> None:
+    """``--camera-bn``: camera-wise BatchNorm statistics from the dataset's training split."""
+    parser.add_argument(
+        "--camera-bn",
+        action="store_true",
+        help="normalise each camera's images with BatchNorm statistics recomputed from that "
+        "camera's images in the dataset's training split (unlabelled use; test-time "
+        "adaptation to a new camera network)",
+    )
+
+
 def extraction_options(args: argparse.Namespace, device) -> dict:
     """Keyword arguments for the extraction functions from the parsed options."""
     return {

@@ -46,13 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Evaluating a checkpoint on a dataset (instead of --features), and ranked pictures."""
-    from crossreid.cli._common import add_extraction_arguments
+    from crossreid.cli._common import add_camera_bn_argument, add_extraction_arguments
 
     group = parser.add_argument_group("evaluate a checkpoint (instead of --features)")
     group.add_argument("--checkpoint", metavar="C", help="a crossreid checkpoint")
     group.add_argument("--dataset", metavar="SPEC", help="NAME, folder:PATH or synthetic:DOMAIN")
     group.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
     add_extraction_arguments(group)
+    add_camera_bn_argument(group)
     parser.add_argument(
         "--visualize",
         metavar="DIR",
@@ -75,7 +76,10 @@ def checkpoint_features(args: argparse.Namespace) -> dict[str, Any] | None:
     info = setup_distributed(device.type)
     try:
         options = extraction_options(args, device)
-        return extract_query_gallery(model, dataset.query, dataset.gallery, **options)
+        camera_bn = dataset.train if args.camera_bn else None
+        return extract_query_gallery(
+            model, dataset.query, dataset.gallery, camera_bn=camera_bn, **options
+        )
     finally:
         cleanup_distributed(info)
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from crossreid.cli._common import (
+    add_camera_bn_argument,
     add_extraction_arguments,
     extraction_device,
     extraction_options,
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
     parser.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     add_extraction_arguments(parser)
+    add_camera_bn_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
 
     device = extraction_device(args.device)
     # Read inputs before joining a process group, so bad input fails fast on every rank.
+    if args.camera_bn and args.dataset is None:
+        from crossreid.errors import ConfigError
+
+        raise ConfigError(
+            "--camera-bn needs --dataset: each camera's statistics come from its training split"
+        )
     model = load_checkpoint(args.checkpoint, map_location="cpu")
     if args.dataset is not None:
         from crossreid.data.specs import resolve_dataset
@@ -63,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = extraction_options(args, device)
         if dataset is not None:
-            arrays = extract_query_gallery(model, dataset.query, dataset.gallery, **options)
+            camera_bn = dataset.train if args.camera_bn else None
+            arrays = extract_query_gallery(
+                model, dataset.query, dataset.gallery, camera_bn=camera_bn, **options
+            )
         else:
             result = extract_features_distributed(model, records, desc="images", **options)
             arrays = None

@@ -441,6 +441,7 @@ def extract_query_gallery(
     query: Sequence[ImageRecord],
     gallery: Sequence[ImageRecord],
     image_size: Sequence[int] | None = None,
+    camera_bn: Sequence[ImageRecord] | None = None,
     **options,
 ) -> dict[str, np.ndarray] | None:
     """Features of a dataset's query and gallery, under the keys ``crossreid evaluate
@@ -449,11 +450,26 @@ def extract_query_gallery(
 
     ``options`` are those of :func:`extract_features_distributed` (so under ``torchrun``
     the work is split across ranks); returns ``None`` on ranks other than 0.
+    ``camera_bn``: unlabelled images of the same cameras for camera-wise BatchNorm
+    statistics (see :func:`extract_features`); that extraction runs on rank 0 alone.
     """
-    results = {
-        prefix: extract_features_distributed(model, records, image_size, desc=desc, **options)
-        for prefix, records, desc in (("q", query, "query"), ("g", gallery, "gallery"))
-    }
+    pairs = (("q", query, "query"), ("g", gallery, "gallery"))
+    if camera_bn is not None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return None
+        results = {
+            prefix: extract_features(
+                model, records, image_size, desc=desc, camera_bn=camera_bn, **options
+            )
+            for prefix, records, desc in pairs
+        }
+    else:
+        results = {
+            prefix: extract_features_distributed(model, records, image_size, desc=desc, **options)
+            for prefix, records, desc in pairs
+        }
     if any(result is None for result in results.values()):
         return None
     arrays: dict[str, np.ndarray] = {}
