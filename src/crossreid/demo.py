@@ -8,7 +8,8 @@ It shows what crossreid is for, on a machine with no dataset and no GPU:
 2. the same small network is trained three times from scratch:
 
    * ``source_only`` — on A with the source losses only (no target batches, no MMD);
-   * ``adapted`` — the full cross-domain training A → B (B's labels are never read);
+   * ``adapted`` — the full cross-domain training A → B (B's labels are never read),
+     evaluated with camera-wise BatchNorm statistics of B's unlabelled training images;
    * ``oracle`` — supervised on B's training labels, the upper bound;
 
 3. each model is evaluated on B's query/gallery (the target, what the table is about) and on
@@ -17,7 +18,8 @@ It shows what crossreid is for, on a machine with no dataset and no GPU:
    by the source-only and by the adapted model) and a JSON summary are written.
 
 Model selection is honest: every model is the one at the *last* training step (the target
-labels are used for evaluation only, never to pick a checkpoint).
+labels are used for evaluation only, never to pick a checkpoint). Every run is
+single-threaded (several run side by side), so the numbers do not depend on the CPU count.
 
 Example::
 
@@ -582,7 +584,7 @@ def run_ablation(
 
 def format_ablation_table(results: dict[str, Any]) -> str:
     """The ablation table: target metrics (%) of the adapted model per zeroed loss weight."""
-    header = f"{'adapted, loss removed':<24}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}"
+    header = f"{'adapted, part removed':<24}{'rank-1':>8}{'rank-5':>8}{'mAP':>8}{'mINP':>8}"
     header += f"{'Δ mAP':>8}{'A mAP':>8}"
     lines = [f"ablation on target B, seed {results['seed']}", header, "-" * len(header)]
     full = results["rows"].get("full", {}).get("mAP")

@@ -12,9 +12,12 @@ DESCRIPTION = (
     "Generate (or reuse from the cache) two synthetic camera domains, A (labelled source, "
     "daylight) and B (unlabelled target, dim cameras with colour casts, blur and noise); train "
     "the same small network from scratch three times on the CPU: source-only (A, no target "
-    "batches), adapted (A -> B, B's labels never read) and oracle (B's labels); evaluate each "
+    "batches), adapted (A -> B, B's labels never read; evaluated with camera-wise BatchNorm "
+    "statistics of B's unlabelled images) and oracle (B's labels); evaluate each "
     "on B's and A's query/gallery; print the table, write TensorBoard logs per run, "
-    "ranked.png and results.json under --output. Nothing is downloaded."
+    "ranked.png and results.json under --output. The runs are single-threaded and run side by "
+    "side (--jobs), so the numbers do not depend on the machine's CPU count. Nothing is "
+    "downloaded."
 )
 
 

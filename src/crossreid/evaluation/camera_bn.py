@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,17 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["batchnorm_layers", "extract_features_camera_bn", "recalibrate_batchnorm"]
 
+#: extract_features' defaults, for the options not given.
+_EXTRACT_DEFAULTS: dict[str, Any] = {
+    "batch_size": 64,
+    "device": "cpu",
+    "flip": False,
+    "workers": 0,
+    "progress": False,
+    "channels_last": True,
+    "fuse_bn": True,
+    "desc": "extract",
+}
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -132,19 +144,14 @@ def extract_features_camera_bn(
     calibration: Sequence[ImageRecord],
     image_size: Sequence[int] | None = None,
     *,
-    batch_size: int = 64,
-    device: str | torch.device | None = "cpu",
-    flip: bool = False,
-    workers: int | None = 0,
-    progress: bool = False,
-    channels_last: bool = True,
-    fuse_bn: bool = True,
-    desc: str = "extract",
     min_images: int = 8,
+    **options: Any,
 ):
     """:func:`~crossreid.evaluation.extraction.extract_features` with camera-wise BatchNorm.
 
-    ``records`` are grouped by camera id; for each camera, the BatchNorm statistics are
+    ``options`` are those of :func:`~crossreid.evaluation.extraction.extract_features`
+    (``batch_size``, ``device``, ``flip``, ``workers``, ``progress``, ``channels_last``,
+    ``fuse_bn``, ``desc``). ``records`` are grouped by camera id; for each camera, the BatchNorm statistics are
     recomputed from the ``calibration`` images of that camera (:func:`recalibrate_batchnorm`)
     and that camera's records are extracted with them. A camera with fewer than
     ``min_images`` calibration images is calibrated on its own ``records`` instead (they
@@ -162,6 +169,8 @@ def extract_features_camera_bn(
         _extract_indexed,
     )
 
+    options = {**_EXTRACT_DEFAULTS, **options}
+    batch_size, desc = options["batch_size"], options["desc"]
     _check_args(records, batch_size)
     size = _default_image_size(model, image_size)
     by_camera: dict[int, list[int]] = {}
@@ -193,21 +202,11 @@ def extract_features_camera_bn(
                 images,
                 size,
                 batch_size=max(int(batch_size), 2),
-                device=device,
-                workers=workers,
+                device=options["device"],
+                workers=options["workers"],
             )
             features, local, _ = _extract_indexed(
-                model,
-                own,
-                size,
-                batch_size=batch_size,
-                device=device,
-                flip=flip,
-                workers=workers,
-                progress=progress,
-                channels_last=channels_last,
-                fuse_bn=fuse_bn,
-                desc=f"{desc} camera {camera}",
+                model, own, size, **{**options, "desc": f"{desc} camera {camera}"}
             )
             if len(local):
                 chunks.append(features)

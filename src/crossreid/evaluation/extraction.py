@@ -338,38 +338,23 @@ def extract_features(
         DatasetError: no records, or none of them readable.
         ConfigError: bad batch size or device.
     """
+    options = {
+        "batch_size": batch_size,
+        "device": device,
+        "flip": flip,
+        "workers": workers,
+        "progress": progress,
+        "channels_last": channels_last,
+        "fuse_bn": fuse_bn,
+        "desc": desc,
+    }
     if camera_bn is not None:
         from crossreid.evaluation.camera_bn import extract_features_camera_bn
 
-        return extract_features_camera_bn(
-            model,
-            records,
-            camera_bn,
-            image_size,
-            batch_size=batch_size,
-            device=device,
-            flip=flip,
-            workers=workers,
-            progress=progress,
-            channels_last=channels_last,
-            fuse_bn=fuse_bn,
-            desc=desc,
-        )
+        return extract_features_camera_bn(model, records, camera_bn, image_size, **options)
     _check_args(records, batch_size)
     size = _default_image_size(model, image_size)
-    features, indices, _ = _extract_indexed(
-        model,
-        records,
-        size,
-        batch_size=batch_size,
-        device=device,
-        flip=flip,
-        workers=workers,
-        progress=progress,
-        channels_last=channels_last,
-        fuse_bn=fuse_bn,
-        desc=desc,
-    )
+    features, indices, _ = _extract_indexed(model, records, size, **options)
     return _assemble(records, features, indices, desc)
 
 
