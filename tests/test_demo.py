@@ -129,6 +129,10 @@ def test_results_and_ablation_tables():
     assert demo.summary_line(results) == (
         "adaptation: target mAP +10.0 points over source-only (25% of the gap to the oracle)"
     )
+    results["models"]["oracle"]["mAP"] = 0.25
+    assert demo.summary_line(results).endswith("(more than the whole gap: above the oracle)")
+    results["models"]["oracle"]["mAP"] = 0.1
+    assert demo.summary_line(results).endswith("(the oracle is not above source-only)")
     ablation = {"seed": 0, "rows": {"full": m, "w_mmd=0": {**m, "mAP": 0.2}}}
     rows = demo.format_ablation_table(ablation).splitlines()
     assert rows[3].split()[0] == "full" and rows[3].split()[5] == "+0.0"

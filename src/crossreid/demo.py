@@ -426,11 +426,13 @@ def summary_line(results: dict[str, Any]) -> str | None:
         return None
     gain = m["adapted"]["mAP"] - m["source_only"]["mAP"]
     gap = m["oracle"]["mAP"] - m["source_only"]["mAP"]
-    closed = gain / gap if gap > 0 else float("nan")
-    return (
-        f"adaptation: target mAP {gain * 100:+.1f} points over source-only "
-        f"({closed:.0%} of the gap to the oracle)"
-    )
+    if gap > 0 and gain > gap:
+        share = "more than the whole gap: above the oracle"
+    elif gap > 0:
+        share = f"{gain / gap:.0%} of the gap to the oracle"
+    else:
+        share = "the oracle is not above source-only"
+    return f"adaptation: target mAP {gain * 100:+.1f} points over source-only ({share})"
 
 
 def _clean(run: dict[str, Any]) -> dict[str, Any]:
