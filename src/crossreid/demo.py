@@ -323,7 +323,7 @@ def _run_jobs(
 
         bars = {
             job.key: tqdm(
-                total=None,
+                total=int({**recipe.train, **job.overrides}["max_steps"]),
                 desc=f"{job.label:<20}",
                 position=i,
                 leave=True,
@@ -339,11 +339,14 @@ def _run_jobs(
             for job in ordered
         }
         pending = set(futures)
+        started: set[str] = set()
         while pending:
             try:
                 key, step, total = updates.get(timeout=0.5)
                 if key in bars:
-                    bars[key].total = total
+                    if key not in started:  # the clock (and rate) start with the first step
+                        started.add(key)
+                        bars[key].reset(total=total)
                     bars[key].n = step
                     bars[key].refresh()
             except queue_module.Empty:

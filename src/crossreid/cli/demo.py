@@ -23,14 +23,12 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quick", action="store_true", help="smaller domains and fewer steps (about 3 minutes)"
+        "--quick", action="store_true", help="smaller domains and fewer steps (about 2 minutes)"
     )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the domains and the training"
     )
-    parser.add_argument(
-        "--output", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)"
-    )
+    parser.add_argument("--output", default="runs/demo", metavar="DIR", help="output folder")
     parser.add_argument("--json", metavar="FILE", help="also write the results as one JSON object")
     parser.add_argument(
         "--ablate",
@@ -42,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=None,
+        default=0,
         metavar="N",
-        help="training runs at once, each on one thread (default: the CPU count, at most 3); "
-        "the results are the same for every N",
+        help="training runs at once, each on one thread (0: the CPU count, at most 3); the "
+        "results are the same for every N",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -66,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs must be >= 0 (0: the CPU count, at most 3), got {args.jobs}")
     progress = not args.no_progress
     if args.ablate:
         results = run_ablation(
@@ -75,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             output=Path(args.output) / "ablation",
             progress=progress,
-            workers=args.jobs,
+            workers=args.jobs or None,
         )
         print()
         print(format_ablation_table(results))
@@ -85,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             output=args.output,
             progress=progress,
-            workers=args.jobs,
+            workers=args.jobs or None,
         )
         print()
         print(format_results_table(results))
