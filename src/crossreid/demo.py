@@ -286,11 +286,19 @@ def _run_jobs(
         results[job.key] = run
         if isinstance(run, BaseException):
             return
-        log(
+        line = (
             f"{job.label}: target mAP {run['mAP']:.1%} rank-1 {run['rank1']:.1%}; "
             f"source mAP {run['source_domain']['mAP']:.1%} ({run['train_seconds']:.0f} s)"
         )
+        if bars:  # print above the live progress bars instead of through them
+            from tqdm import tqdm
 
+            with tqdm.external_write_mode():
+                log(line)
+        else:
+            log(line)
+
+    bars: dict[str, Any] = {}
     if workers <= 1:
         for job in jobs:
             log(f"training {job.label} ...")
@@ -317,7 +325,6 @@ def _run_jobs(
     context = multiprocessing.get_context("spawn")  # no forked copy of a threaded parent
     ordered = sorted(jobs, key=lambda job: job.mode != "adapt")
     log(f"training {len(jobs)} models, {workers} at a time (one thread each) ...")
-    bars: dict[str, Any] = {}
     if progress:
         from tqdm.auto import tqdm
 
