@@ -30,23 +30,19 @@ import torch
 from torch import nn
 
 from crossreid.data.base import ImageRecord
-from crossreid.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["batchnorm_layers", "extract_features_camera_bn", "recalibrate_batchnorm"]
+__all__ = [
+    "MIN_CALIBRATION_IMAGES",
+    "batchnorm_layers",
+    "extract_features_camera_bn",
+    "kept_batchnorm_statistics",
+    "recalibrate_batchnorm",
+]
 
-#: extract_features' defaults, for the options not given.
-_EXTRACT_DEFAULTS: dict[str, Any] = {
-    "batch_size": 64,
-    "device": "cpu",
-    "flip": False,
-    "workers": 0,
-    "progress": False,
-    "channels_last": True,
-    "fuse_bn": True,
-    "desc": "extract",
-}
+#: A camera with fewer calibration images than this is calibrated on its own images.
+MIN_CALIBRATION_IMAGES = 8
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -55,11 +51,11 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
 
 
-@contextlib.contextmanager
-def kept_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """Restore every BatchNorm layer's running statistics and momentum on exit."""
-    layers = batchnorm_layers(model)
-    saved = [
+_Snapshot = list[tuple[float | None, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _snapshot(layers: Sequence[nn.modules.batchnorm._BatchNorm]) -> _Snapshot:
+    return [
         (
             layer.momentum,
             layer.running_mean.clone(),
@@ -68,14 +64,29 @@ def kept_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
         )
         for layer in layers
     ]
-    try:
-        yield
-    finally:
-        for layer, (momentum, mean, var, count) in zip(layers, saved, strict=True):
-            layer.momentum = momentum
+
+
+def _restore(
+    layers: Sequence[nn.modules.batchnorm._BatchNorm], saved: _Snapshot, statistics: bool = True
+) -> None:
+    """Put back each layer's momentum and, when ``statistics``, its running statistics."""
+    for layer, (momentum, mean, var, count) in zip(layers, saved, strict=True):
+        layer.momentum = momentum
+        if statistics:
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
             layer.num_batches_tracked.copy_(count)
+
+
+@contextlib.contextmanager
+def kept_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Restore every BatchNorm layer's running statistics and momentum on exit."""
+    layers = batchnorm_layers(model)
+    saved = _snapshot(layers)
+    try:
+        yield
+    finally:
+        _restore(layers, saved)
 
 
 def recalibrate_batchnorm(
@@ -102,13 +113,12 @@ def recalibrate_batchnorm(
 
     device = resolve_device(device)
     layers = batchnorm_layers(model)
-    momenta = [layer.momentum for layer in layers]
+    saved = _snapshot(layers)
     was_training = model.training
     loader = build_test_loader(records, image_size, int(batch_size), workers)
     seen = 0
     model.to(device)
     model.eval()
-    saved = [(layer.running_mean.clone(), layer.running_var.clone()) for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative moving average: every batch counts the same
@@ -124,11 +134,7 @@ def recalibrate_batchnorm(
                 model(images)
                 seen += int(images.shape[0])
     finally:
-        for layer, momentum, (mean, var) in zip(layers, momenta, saved, strict=True):
-            layer.momentum = momentum
-            if seen == 0:
-                layer.running_mean.copy_(mean)
-                layer.running_var.copy_(var)
+        _restore(layers, saved, statistics=seen == 0)
         model.train(was_training)
     if seen == 0:
         logger.warning(
@@ -143,36 +149,41 @@ def extract_features_camera_bn(
     records: Sequence[ImageRecord],
     calibration: Sequence[ImageRecord],
     image_size: Sequence[int] | None = None,
-    *,
-    min_images: int = 8,
     **options: Any,
 ):
-    """:func:`~crossreid.evaluation.extraction.extract_features` with camera-wise BatchNorm.
+    """:func:`~crossreid.evaluation.extraction.extract_features` with camera-wise BatchNorm
+    (its ``camera_bn`` argument): ``options`` are that function's.
 
-    ``options`` are those of :func:`~crossreid.evaluation.extraction.extract_features`
-    (``batch_size``, ``device``, ``flip``, ``workers``, ``progress``, ``channels_last``,
-    ``fuse_bn``, ``desc``). ``records`` are grouped by camera id; for each camera, the BatchNorm statistics are
+    ``records`` are grouped by camera id; for each camera, the BatchNorm statistics are
     recomputed from the ``calibration`` images of that camera (:func:`recalibrate_batchnorm`)
     and that camera's records are extracted with them. A camera with fewer than
-    ``min_images`` calibration images is calibrated on its own ``records`` instead (they
-    are unlabelled too), with a warning. The model's statistics are restored afterwards.
+    :data:`MIN_CALIBRATION_IMAGES` calibration images is calibrated on its own ``records``
+    instead (they are unlabelled too), with a warning. The model's statistics are restored
+    afterwards.
 
     Returns :class:`~crossreid.evaluation.extraction.ExtractedFeatures` in record order.
 
     Raises:
         DatasetError: no records, or none of them readable.
     """
-    from crossreid.evaluation.extraction import (
-        _assemble,
-        _check_args,
-        _default_image_size,
-        _extract_indexed,
-    )
+    from crossreid.evaluation.extraction import extract_features
 
-    options = {**_EXTRACT_DEFAULTS, **options}
+    return extract_features(model, records, image_size, camera_bn=calibration, **options)
+
+
+def extract_per_camera(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    calibration: Sequence[ImageRecord],
+    size: tuple[int, int],
+    options: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The camera-wise part of :func:`extract_features_camera_bn`, for ``extract_features``
+    (arguments already checked, ``options`` complete): ``(features [M, D], record indices
+    [M])`` of the M readable records, in record order."""
+    from crossreid.evaluation.extraction import _extract_indexed
+
     batch_size, desc = options["batch_size"], options["desc"]
-    _check_args(records, batch_size)
-    size = _default_image_size(model, image_size)
     by_camera: dict[int, list[int]] = {}
     for index, record in enumerate(records):
         by_camera.setdefault(int(record.camid), []).append(index)
@@ -186,14 +197,14 @@ def extract_features_camera_bn(
         for camera, members in sorted(by_camera.items()):
             own = [records[i] for i in members]
             images = pool.get(camera, [])
-            if len(images) < min_images:
+            if len(images) < MIN_CALIBRATION_IMAGES:
                 logger.warning(
                     "%s: camera %d has %d calibration image(s) (< %d); its BatchNorm "
                     "statistics come from its own %d image(s)",
                     desc,
                     camera,
                     len(images),
-                    min_images,
+                    MIN_CALIBRATION_IMAGES,
                     len(own),
                 )
                 images = own
@@ -211,9 +222,8 @@ def extract_features_camera_bn(
             if len(local):
                 chunks.append(features)
                 indices.append(np.asarray(members, dtype=np.int64)[local])
-    if not chunks:
-        raise DatasetError(f"{desc}: none of the {len(records)} images could be read")
-    features = np.concatenate(chunks)
+    if not chunks:  # nothing readable: extract_features reports it
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     order = np.concatenate(indices)
     sort = np.argsort(order, kind="stable")
-    return _assemble(records, features[sort], order[sort], desc)
+    return np.concatenate(chunks)[sort], order[sort]

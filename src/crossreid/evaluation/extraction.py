@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -348,13 +349,14 @@ def extract_features(
         "fuse_bn": fuse_bn,
         "desc": desc,
     }
-    if camera_bn is not None:
-        from crossreid.evaluation.camera_bn import extract_features_camera_bn
-
-        return extract_features_camera_bn(model, records, camera_bn, image_size, **options)
     _check_args(records, batch_size)
     size = _default_image_size(model, image_size)
-    features, indices, _ = _extract_indexed(model, records, size, **options)
+    if camera_bn is not None:
+        from crossreid.evaluation.camera_bn import extract_per_camera
+
+        features, indices = extract_per_camera(model, records, camera_bn, size, options)
+    else:
+        features, indices, _ = _extract_indexed(model, records, size, **options)
     return _assemble(records, features, indices, desc)
 
 
@@ -438,23 +440,17 @@ def extract_query_gallery(
     ``camera_bn``: unlabelled images of the same cameras for camera-wise BatchNorm
     statistics (see :func:`extract_features`); that extraction runs on rank 0 alone.
     """
-    pairs = (("q", query, "query"), ("g", gallery, "gallery"))
+    extract = extract_features_distributed
     if camera_bn is not None:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return None
-        results = {
-            prefix: extract_features(
-                model, records, image_size, desc=desc, camera_bn=camera_bn, **options
-            )
-            for prefix, records, desc in pairs
-        }
-    else:
-        results = {
-            prefix: extract_features_distributed(model, records, image_size, desc=desc, **options)
-            for prefix, records, desc in pairs
-        }
+        extract = functools.partial(extract_features, camera_bn=camera_bn)
+    results = {
+        prefix: extract(model, records, image_size, desc=desc, **options)
+        for prefix, records, desc in (("q", query, "query"), ("g", gallery, "gallery"))
+    }
     if any(result is None for result in results.values()):
         return None
     arrays: dict[str, np.ndarray] = {}
