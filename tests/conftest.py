@@ -11,3 +11,13 @@ def features_file_keys() -> set[str]:
     ``extract_query_gallery`` returns it (what ``crossreid evaluate --features`` and
     ``crossreid search`` read)."""
     return {"qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids", "q_paths", "g_paths"}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the suite runs 2 pytest workers on 2 cores, and more
+    threads per worker only oversubscribe (measured 3-5x slower training steps)."""
+    from crossreid.utils.threads import torch_threads
+
+    with torch_threads(1):
+        yield

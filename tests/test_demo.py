@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from crossreid import demo
@@ -33,12 +32,8 @@ TINY = demo.DemoRecipe(
 
 
 @pytest.fixture(autouse=True)
-def _tiny_and_private(tmp_path_factory, monkeypatch):
+def _tiny_and_private(tmp_path_factory, monkeypatch, one_torch_thread):
     monkeypatch.setenv("CROSSREID_CACHE", str(tmp_path_factory.getbasetemp() / "demo-cache"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _is_fraction_metrics(m: dict) -> bool:

@@ -30,17 +30,17 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crossreid.errors import ConfigError
+from crossreid.utils.threads import torch_threads
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -228,25 +228,13 @@ def default_jobs() -> int:
     return max(1, min(3, cpus))
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _worker(recipe: DemoRecipe, seed: int, output: str, job: _Job, queue) -> dict[str, Any]:
     """A job in a worker process: one thread, progress reported through ``queue``."""
     import torch
 
     from crossreid.data.specs import resolve_dataset
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # for the life of this worker process
     datasets = {d: resolve_dataset(recipe.spec(d, seed), progress=False) for d in "AB"}
     return _train_and_evaluate(
         recipe,
@@ -303,7 +291,7 @@ def _run_jobs(
         for job in jobs:
             log(f"training {job.label} ...")
             try:
-                with _one_thread():
+                with torch_threads(1):
                     run = _train_and_evaluate(
                         recipe,
                         job.mode,
@@ -562,17 +550,18 @@ def run_ablation(
     jobs = [_Job("full", "full", "adapt")]
     for term in ABLATION_TERMS if weights is None else weights:
         value = settings.get(term, 1.0)
+        # Keys name the run folders ("w_mmd_0"), labels the table rows ("w_mmd=0").
         if isinstance(value, bool):
             if value:
-                jobs.append(_Job(f"{term}=off", f"{term}=off", "adapt", {term: False}))
+                jobs.append(_Job(f"{term}_off", f"{term}=off", "adapt", {term: False}))
         elif float(value) > 0:
-            jobs.append(_Job(f"{term}=0", f"{term}=0", "adapt", {term: 0.0}))
+            jobs.append(_Job(f"{term}_0", f"{term}=0", "adapt", {term: 0.0}))
     log(f"ablation: the adapted model, then with each of {len(jobs) - 1} parts switched off")
     done = _run_jobs(
         recipe,
         seed,
         output,
-        [dataclasses.replace(job, key=job.key.replace("=", "_")) for job in jobs],
+        jobs,
         datasets,
         workers=default_jobs() if workers is None else workers,
         progress=progress,
@@ -580,7 +569,7 @@ def run_ablation(
     )
     rows: dict[str, dict[str, Any]] = {}
     for job in jobs:
-        run = done[job.key.replace("=", "_")]
+        run = done[job.key]
         if isinstance(run, ConfigError):
             # e.g. w_cls=0 when no other term supervises the identity encoder.
             log(f"{job.label}: skipped, not a valid training configuration ({run})")

@@ -17,15 +17,8 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The suite runs 2 pytest workers on 2 cores: more torch threads only oversubscribe
-    # (measured 3-5x slower steps).
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every training test runs on one torch thread (see ``one_torch_thread``)."""
 
 
 @pytest.fixture(autouse=True)
