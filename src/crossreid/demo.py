@@ -255,7 +255,7 @@ def _run_jobs(
     jobs: Sequence[_Job],
     datasets: dict[str, Any],
     *,
-    workers: int,
+    workers: int | None,
     progress: bool,
     log: Callable[[str], None],
 ) -> dict[str, dict[str, Any] | BaseException]:
@@ -266,8 +266,11 @@ def _run_jobs(
     scratch amplifies the difference); on a multi-core CPU, single-threaded runs side by
     side are also faster than one run using all cores. With ``workers == 1`` the runs are
     made in this process, one after the other; otherwise in spawned worker processes,
-    longest (adaptation) first. Returns each job's result, or the exception it raised.
+    longest (adaptation) first; ``None`` means :func:`default_jobs`. Returns each job's
+    result, or the exception it raised.
     """
+    if workers is None:
+        workers = default_jobs()
     results: dict[str, dict[str, Any] | BaseException] = {}
 
     def finished(job: _Job, run: dict[str, Any] | BaseException) -> None:
@@ -490,7 +493,7 @@ def run_demo(
         output,
         jobs,
         datasets,
-        workers=default_jobs() if workers is None else workers,
+        workers=workers,
         progress=progress,
         log=log,
     )
@@ -563,7 +566,7 @@ def run_ablation(
         output,
         jobs,
         datasets,
-        workers=default_jobs() if workers is None else workers,
+        workers=workers,
         progress=progress,
         log=log,
     )
