@@ -103,7 +103,7 @@ def _options(args: argparse.Namespace) -> dict:
     init = options.get("init_from")
     if init is not None and Path(init).resolve() == Path(options["output"]).resolve():
         from crossreid.errors import CheckpointError
-        from crossreid.training.trainer import find_checkpoint
+        from crossreid.models.checkpoint import find_checkpoint
 
         try:
             find_checkpoint(init, prefer_best=True)
@@ -122,11 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.rank < 1:
             raise ConfigError(f"--rank must be >= 1, got {args.rank}")
-        from crossreid.cli.train import config_from_args, print_summary
-        from crossreid.training.distributed import distributed_env
-        from crossreid.training.trainer import train
+        from crossreid.cli.train import print_summary
+        from crossreid.training.trainer import run_config, train
+        from crossreid.utils.distributed import distributed_env
 
-        config = config_from_args(_options(args), args.config)
+        config = run_config(_options(args), args.config)
         if args.rank > config.max_rank:
             raise ConfigError(f"--rank {args.rank} is beyond --max_rank {config.max_rank}")
         result = train(config, progress=not args.no_progress)

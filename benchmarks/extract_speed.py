@@ -9,7 +9,7 @@ is timed on the same in-memory batch of normalised images (image decoding is the
 every variant and is left out):
 
 * **eager**: the baseline, ``model.eval()`` under ``torch.no_grad()``, contiguous float32;
-* **optimised**: what :func:`crossreid.evaluation.extraction.extract_features` runs —
+* **optimised**: what :func:`crossreid.inference.extract_features` runs —
   BatchNorm folded into the convolutions (``fuse_batchnorm``, torch.fx), channels_last
   (oneDNN's native layout for convolutions) and ``torch.inference_mode()``;
 * **bf16** (for information, not used by default): the unfused channels_last model under
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crossreid.evaluation.extraction import fuse_batchnorm
 from crossreid.export import export_network
+from crossreid.inference import fuse_batchnorm
 from crossreid.models import CrossDomainReID
 
 CONFIGS = (

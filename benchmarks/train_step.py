@@ -43,8 +43,9 @@ from crossreid.data.loaders import (
 from crossreid.data.specs import resolve_dataset
 from crossreid.models import CrossDomainReID
 from crossreid.training.config import TrainConfig
+from crossreid.training.optim import build_optimizer, freeze_unused_parts
 from crossreid.training.schedule import LRSchedule, build_scheduler
-from crossreid.training.trainer import TrainingStep, _build_optimizer, freeze_unused_parts
+from crossreid.training.step import TrainingStep
 
 PARTS = (
     "identity_encoder",
@@ -120,7 +121,7 @@ def measure_step(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     freeze_unused_parts(model, config)
-    optimizer = _build_optimizer(model, config)
+    optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, LRSchedule(max_steps=1000, kind="constant"))
     scaler = torch.amp.GradScaler("cuda") if amp else None
     step_fn = TrainingStep(model, optimizer, scheduler, config, device, scaler=scaler)

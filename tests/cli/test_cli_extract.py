@@ -81,7 +81,7 @@ def test_evaluate_checkpoint_gives_the_same_numbers_and_writes_pictures(setup, c
 
 def test_camera_bn_extraction_and_evaluation(setup, tmp_path, capsys) -> None:
     from crossreid.data.specs import resolve_dataset
-    from crossreid.evaluation.extraction import extract_features
+    from crossreid.inference.extraction import extract_features
     from crossreid.models import load_checkpoint
 
     out = tmp_path / "camera_bn.npz"

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch.distributed as dist
+
 from conftest import make_tiny_config
 
 WORKER = textwrap.dedent(

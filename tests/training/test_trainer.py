@@ -9,8 +9,11 @@ import torch
 
 from crossreid.errors import CheckpointError, ConfigError, TrainingError
 from crossreid.models import load_checkpoint, read_checkpoint
-from crossreid.training import trainer
-from crossreid.training.trainer import find_checkpoint, positive_permutation, train
+from crossreid.models.checkpoint import find_checkpoint
+from crossreid.training import data as training_data
+from crossreid.training.step import positive_permutation
+from crossreid.training.trainer import train
+from crossreid.utils.devices import resolve_device
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -95,7 +98,7 @@ def test_resume_continues_bit_for_bit(tmp_path, tiny_config):
 
 
 def test_target_labels_are_never_read(tmp_path, tiny_config, monkeypatch):
-    real = trainer.resolve_dataset
+    real = training_data.resolve_dataset
 
     def scrambled(spec, data_root, **kwargs):
         dataset = real(spec, data_root, **kwargs)
@@ -106,7 +109,7 @@ def test_target_labels_are_never_read(tmp_path, tiny_config, monkeypatch):
         return dataset
 
     honest = train(tiny_config(tmp_path / "a", max_steps=2), progress=False)
-    monkeypatch.setattr(trainer, "resolve_dataset", scrambled)
+    monkeypatch.setattr(training_data, "resolve_dataset", scrambled)
     scrambled_run = train(tiny_config(tmp_path / "b", max_steps=2), progress=False)
     assert honest.history == scrambled_run.history
     assert all(h["mmd"] > 0 for h in honest.history)  # the target batches did take part
@@ -190,7 +193,7 @@ def test_find_checkpoint(tmp_path):
 
 
 def test_devices(tmp_path, tiny_config):
-    assert trainer.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             train(tiny_config(tmp_path, device="cuda:0"), progress=False)

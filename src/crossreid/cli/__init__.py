@@ -8,6 +8,10 @@ A thin layer: each subcommand lives in its own module of this package and define
 
 Errors derived from :class:`crossreid.errors.CrossReIDError` are printed as a single line
 (``crossreid <command>: error: ...``) and give exit code 2, never a traceback.
+
+The parser is built from every command module for any invocation, so a command module
+imports the library it calls (torch, faiss, onnx ...) inside ``run``: ``crossreid --help``
+and a mistyped flag answer at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,16 @@ from crossreid.errors import CrossReIDError
 # Order in which subcommands are listed by ``crossreid --help``; modules of this package
 # not named here are listed after these, alphabetically.
 _ORDER = ["synth", "datasets", "train", "evaluate", "extract", "search", "export", "demo"]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except for on/off flags, whose default only restates
+    that they are off (``--no-progress ... (default: True)`` read as the opposite)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _command_modules() -> list[str]:
@@ -50,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             name.replace("_", "-"),
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         module.add_arguments(cmd)
         cmd.set_defaults(func=module.run)

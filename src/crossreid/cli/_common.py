@@ -7,6 +7,7 @@ The leading underscore keeps the dispatcher from listing this module as a subcom
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +18,11 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
     parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="data-loading processes"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-loading processes (default: min(4, CPU count))",
     )
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="hide the progress bar"
@@ -35,26 +40,15 @@ def add_camera_bn_argument(parser) -> None:
     )
 
 
-def extraction_options(args: argparse.Namespace, device) -> dict:
-    """Keyword arguments for the extraction functions from the parsed options."""
+def extraction_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for the extraction functions from the parsed options (the device
+    is resolved by the library: ``cuda:LOCAL_RANK`` under torchrun)."""
+    from crossreid.utils.devices import resolve_device  # torch: loaded when a command runs
+
     return {
         "batch_size": args.batch_size,
-        "device": device,
+        "device": resolve_device(args.device),
         "flip": args.flip,
         "workers": args.workers,
         "progress": args.progress,
     }
-
-
-def extraction_device(requested: str):
-    """The torch device for this process (``cuda:LOCAL_RANK`` under torchrun)."""
-    import os
-
-    from crossreid.evaluation.extraction import resolve_device
-
-    device = resolve_device(requested)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        import torch
-
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device

@@ -8,9 +8,9 @@ import logging
 from crossreid.cli._common import (
     add_camera_bn_argument,
     add_extraction_arguments,
-    extraction_device,
     extraction_options,
 )
+from crossreid.errors import ConfigError
 
 HELP = "extract re-ID features of a dataset (query + gallery) or an image folder to a .npz"
 DESCRIPTION = (
@@ -26,7 +26,9 @@ log = logging.getLogger("crossreid.extract")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="C", help="a crossreid checkpoint")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="C", help="a crossreid checkpoint file or run folder"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--dataset", metavar="SPEC", help="NAME, folder:PATH or synthetic:DOMAIN (query+gallery)"
@@ -39,68 +41,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    # Loaded when the command runs (see crossreid.cli): torch.
+    from crossreid.inference.extract_file import extract_to_file
 
-    from crossreid.evaluation.extraction import (
-        extract_features_distributed,
-        extract_query_gallery,
-        records_from_folder,
-    )
-    from crossreid.models.checkpoint import load_checkpoint
-    from crossreid.retrieval.index import save_npz_atomic
-    from crossreid.training.distributed import cleanup_distributed, setup_distributed
-
-    device = extraction_device(args.device)
-    # Read inputs before joining a process group, so bad input fails fast on every rank.
     if args.camera_bn and args.dataset is None:
-        from crossreid.errors import ConfigError
-
         raise ConfigError(
             "--camera-bn needs --dataset: each camera's statistics come from its training split"
         )
-    model = load_checkpoint(args.checkpoint, map_location="cpu")
-    if args.dataset is not None:
-        from crossreid.data.specs import resolve_dataset
-
-        dataset = resolve_dataset(args.dataset, args.data_root)
-        records = None
-    else:
-        dataset = None
-        records = records_from_folder(args.images)
-    info = setup_distributed(device.type)
-    try:
-        options = extraction_options(args, device)
-        if dataset is not None:
-            camera_bn = dataset.train if args.camera_bn else None
-            arrays = extract_query_gallery(
-                model, dataset.query, dataset.gallery, camera_bn=camera_bn, **options
-            )
-        else:
-            result = extract_features_distributed(model, records, desc="images", **options)
-            arrays = None
-            if result is not None:
-                arrays = {
-                    "features": result.features,
-                    "paths": np.asarray(result.paths, dtype=str),
-                    "pids": result.pids,
-                    "camids": result.camids,
-                }
-        if arrays is None:  # not rank 0: rank 0 writes the merged file
-            return 0
-        path = save_npz_atomic(args.out, arrays)
-    finally:
-        cleanup_distributed(info)
-    if dataset is not None:
-        print(
-            f"wrote {path}: query {arrays['qf'].shape[0]} x {arrays['qf'].shape[1]}, "
-            f"gallery {arrays['gf'].shape[0]} x {arrays['gf'].shape[1]} "
-            f"({dataset.name}, {info.world_size} process(es))"
-        )
-    else:
-        skipped = len(records) - len(arrays["paths"])
-        note = f", {skipped} unreadable skipped" if skipped else ""
-        print(
-            f"wrote {path}: {arrays['features'].shape[0]} x {arrays['features'].shape[1]} "
-            f"features from {args.images}{note} ({info.world_size} process(es))"
-        )
+    summary = extract_to_file(
+        args.checkpoint,
+        args.out,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        images=args.images,
+        camera_bn=args.camera_bn,
+        **extraction_options(args),
+    )
+    if summary is not None:  # rank 0 writes and reports
+        print(summary)
     return 0

@@ -13,7 +13,8 @@ import sys
 import typing
 from typing import Any
 
-from crossreid.training.config import TrainConfig, build_config, config_fields
+from crossreid.training.config import TrainConfig, config_fields
+from crossreid.training.terms import LOSS_TERMS
 
 HELP = "train the identity/pose network on a labelled source, adapting to an unlabelled target"
 DESCRIPTION = (
@@ -26,12 +27,7 @@ DESCRIPTION = (
 
 #: Extra spellings accepted for some fields (the seed's names among them).
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {
-    "w_rec": ("w_loss_rec",),
-    "w_dif": ("w_loss_dif",),
-    "w_mmd": ("w_loss_mmd",),
-    "w_ctr": ("w_loss_ctr",),
-    "w_cls": ("w_loss_cls",),
-    "w_tri": ("w_loss_tri",),
+    term.weight_field: (f"w_loss_{term.name}",) for term in LOSS_TERMS
 }
 
 _METAVARS = {
@@ -122,31 +118,6 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in vars(args).items() if key in names}
 
 
-def config_from_args(options: dict[str, Any], config_file: str | None = None) -> TrainConfig:
-    """Defaults < resumed run < YAML ``config_file`` < ``options``; validated."""
-    from crossreid.training.config import load_config_file
-
-    values: dict[str, Any] = {}
-    resume = options.get("resume")
-    if resume is None and config_file is not None:
-        resume = load_config_file(config_file).get("resume")
-    if resume:
-        from crossreid.training.trainer import config_from_checkpoint, find_checkpoint
-
-        stored = config_from_checkpoint(resume).to_dict()
-        stored.pop("init_from", None)
-        values.update(stored)
-        # A moved run folder: continue writing where the checkpoint now lives.
-        checkpoint = find_checkpoint(resume)
-        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
-        if run_dir is not None:
-            values["output"] = str(run_dir)
-    if config_file is not None:
-        values.update(load_config_file(config_file))
-    values.update(options)
-    return build_config(overrides=values)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="YAML file of options (keys as the flags below)"
@@ -177,11 +148,11 @@ def print_summary(result: Any, stream: Any = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossreid.training.trainer import train
+    # Loaded when the command runs (see crossreid.cli): torch.
+    from crossreid.training.trainer import run_config, train
+    from crossreid.utils.distributed import distributed_env
 
-    config = config_from_args(given_options(args), args.config)
-    from crossreid.training.distributed import distributed_env
-
+    config = run_config(given_options(args), args.config)
     result = train(config, progress=not args.no_progress)
     if distributed_env().is_main:  # under torchrun, one summary
         print_summary(result)

@@ -1,4 +1,5 @@
-"""Re-ID evaluation: distances, ranking metrics (CMC, mAP, mINP) and re-ranking.
+"""Re-ID evaluation: distances, ranking metrics (CMC, mAP, mINP), re-ranking, and the
+pipeline that evaluates a model on a query/gallery split.
 
 Example::
 
@@ -8,17 +9,38 @@ Example::
     print(r.rank(1), r.mAP, r.mINP)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from crossreid.evaluation.distance import METRICS, pairwise_distance
 from crossreid.evaluation.features import evaluate_features
-from crossreid.evaluation.rank import PROTOCOLS, RankResult, evaluate_rank
+from crossreid.evaluation.rank import PROTOCOLS, RANK_METRICS, RankResult, evaluate_rank
 from crossreid.evaluation.rerank import re_ranking
+
+if TYPE_CHECKING:
+    from crossreid.evaluation.pipeline import ModelEvaluation, evaluate_arrays, evaluate_model
 
 __all__ = [
     "METRICS",
     "PROTOCOLS",
+    "RANK_METRICS",
+    "ModelEvaluation",
     "RankResult",
+    "evaluate_arrays",
     "evaluate_features",
+    "evaluate_model",
     "evaluate_rank",
     "pairwise_distance",
     "re_ranking",
 ]
+
+# The pipeline runs models (torch); the metrics above are NumPy only. Loading it on first use
+# keeps ``crossreid --help`` and the configuration free of a torch import.
+_PIPELINE = {"ModelEvaluation", "evaluate_arrays", "evaluate_model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PIPELINE:
+        from crossreid.evaluation import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

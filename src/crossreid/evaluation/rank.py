@@ -48,9 +48,12 @@ import numpy as np
 
 from crossreid.errors import EvaluationError
 
-__all__ = ["RankResult", "evaluate_rank", "RankAccumulator", "PROTOCOLS"]
+__all__ = ["RankResult", "evaluate_rank", "RankAccumulator", "PROTOCOLS", "RANK_METRICS"]
 
 PROTOCOLS = ("market", "cuhk03")
+#: The metrics every evaluation reports (:meth:`RankResult.as_dict` keys, fractions in [0, 1]):
+#: the names used in ``metrics.jsonl``, TensorBoard, checkpoints and the demo's results.
+RANK_METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 _PROTOCOL_ALIASES = {
     "market": "market",
     "market1501": "market",

@@ -39,6 +39,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "build_checkpoint",
+    "find_checkpoint",
     "link_checkpoint",
     "load_checkpoint",
     "load_model_state",
@@ -217,14 +218,40 @@ def load_model_state(
     model.load_state_dict(state_dict, strict=True)
 
 
+def find_checkpoint(path: str | Path, *, prefer_best: bool = False) -> Path:
+    """A run folder or checkpoint file → the checkpoint file to read.
+
+    For a folder: ``checkpoints/last.pt`` (``best.pt`` first when ``prefer_best``), also
+    accepting a folder that directly holds them. :class:`CheckpointError` if none exists.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint or run folder {path} does not exist")
+    names = ("best.pt", "last.pt") if prefer_best else ("last.pt", "best.pt")
+    for folder in (path / "checkpoints", path):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    raise CheckpointError(
+        f"{path} holds no checkpoint (looked for checkpoints/last.pt and checkpoints/best.pt)"
+    )
+
+
 def load_checkpoint(
-    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
+    path: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    *,
+    prefer_best: bool = False,
 ) -> CrossDomainReID:
-    """Rebuild the model stored in a checkpoint, from the checkpoint alone.
+    """Rebuild the model stored in a checkpoint file or run folder (see
+    :func:`find_checkpoint`), from the checkpoint alone.
 
     The architecture comes from ``config["model"]`` (no pretrained weights are fetched);
     the weights are loaded strictly. Returns the model in eval mode on ``map_location``.
     """
+    path = find_checkpoint(path, prefer_best=prefer_best)
     checkpoint = read_checkpoint(path, map_location=map_location)
     try:
         model = CrossDomainReID.from_config(checkpoint["config"]["model"], pretrained=None)

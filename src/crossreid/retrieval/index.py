@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from crossreid.errors import ConfigError, EvaluationError
-from crossreid.utils.io import atomic_write
+from crossreid.evaluation.distance import METRICS as DISTANCE_METRICS
+from crossreid.inference.features_file import gallery_arrays, save_npz_atomic
 
 logger = logging.getLogger(__name__)
 # faiss announces at INFO which CPU build it loads; that is noise on the command line.
@@ -63,11 +64,12 @@ __all__ = [
     "FeatureIndex",
     "build_index",
     "load_index",
+    "open_index",
 ]
 
 INDEX_FORMAT = "crossreid-faiss-index"
 INDEX_VERSION = 1
-METRICS = ("cosine", "correlation", "L2", "L1")
+METRICS = DISTANCE_METRICS
 _INNER_PRODUCT_METRICS = ("cosine", "correlation")
 _EPS = 1e-12
 
@@ -264,15 +266,6 @@ def _sort_rows(
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
-    """``np.savez`` to a temporary file beside ``path``, then rename it over ``path``, so an
-    existing file is never left half-written."""
-    path = Path(path)
-    with atomic_write(path, "wb", suffix=".npz") as stream:
-        np.savez(stream, **arrays)
-    return path
-
-
 def build_index(
     gallery: Any,
     metric: str = "cosine",
@@ -405,6 +398,53 @@ def load_index(
         dim=stored_dim,
         kind=kind,
         index=index,
+        paths=paths,
+        pids=pids,
+        camids=camids,
+    )
+
+
+def open_index(
+    path: str | os.PathLike[str],
+    *,
+    metric: str | None = None,
+    approx: bool = False,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+) -> FeatureIndex:
+    """The :class:`FeatureIndex` of a file: an index saved by :meth:`FeatureIndex.save`
+    (loaded; ``metric`` must agree with its own), or a features file written by ``crossreid
+    extract`` (an index built over its gallery with ``metric``, default cosine; IVF when
+    ``approx``).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, or neither kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"index file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            saved = "format" in data.files and str(data["format"]) == INDEX_FORMAT
+            if not saved:
+                features, paths, pids, camids = gallery_arrays(path, data)
+    except (ConfigError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot read {path} as a .npz file: {exc}") from None
+    if saved:
+        index = load_index(path, metric=metric)
+        if approx and index.kind != "ivf":
+            logger.warning("--approx ignored: %s is a saved exact index", path)
+        if nprobe is not None and index.kind == "ivf":
+            index.nprobe = nprobe
+        return index
+    return build_index(
+        features,
+        metric or "cosine",
+        approx=approx,
+        nlist=nlist,
+        nprobe=nprobe,
         paths=paths,
         pids=pids,
         camids=camids,

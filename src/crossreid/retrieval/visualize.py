@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +24,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from crossreid.data.base import ImageRecord
+from crossreid.errors import EvaluationError
+from crossreid.retrieval.index import build_index
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "visualize_feature_arrays",
     "STATUS_COLOURS",
     "RankedRow",
     "match_status",
@@ -232,11 +235,36 @@ def visualize_features(
     """Rank the gallery for each query by ``metric`` (exact faiss search, the same order as
     :func:`crossreid.evaluation.pairwise_distance`) and write one picture per query with
     :func:`visualize_ranked_results`. ``topk`` is clamped to the gallery size."""
-    from crossreid.retrieval.index import build_index
-
     count = len(query) if max_queries is None else min(len(query), int(max_queries))
     index = build_index(gf, metric)
     distances, ranked = index.search(np.asarray(qf)[:count], min(int(topk), index.ntotal))
     return visualize_ranked_results(
         ranked, list(query)[:count], gallery, out_dir, distances=distances, topk=topk
+    )
+
+
+def visualize_feature_arrays(
+    arrays: Mapping[str, np.ndarray],
+    out_dir: str | os.PathLike[str],
+    *,
+    metric: str = "cosine",
+    topk: int = 10,
+) -> list[Path]:
+    """:func:`visualize_features` for the arrays of a query/gallery features file (which must
+    hold ``q_paths`` and ``g_paths``).
+
+    Raises:
+        EvaluationError: the arrays carry no image paths.
+    """
+    if "q_paths" not in arrays or "g_paths" not in arrays:
+        raise EvaluationError("--visualize needs image paths: q_paths/g_paths are not in the file")
+    query, gallery = (
+        [ImageRecord(str(p), int(i), int(c)) for p, i, c in zip(*cols, strict=True)]
+        for cols in (
+            (arrays["q_paths"], arrays["q_pids"], arrays["q_camids"]),
+            (arrays["g_paths"], arrays["g_pids"], arrays["g_camids"]),
+        )
+    )
+    return visualize_features(
+        arrays["qf"], arrays["gf"], query, gallery, out_dir, metric=metric, topk=topk
     )

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from crossreid.errors import ConfigError
+from crossreid.evaluation.distance import METRICS as DIST_METRICS
+from crossreid.training import terms
 
 __all__ = [
     "MODES",
@@ -45,7 +47,6 @@ MODES = ("adapt", "source-only", "oracle")
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
-DIST_METRICS = ("L1", "L2", "cosine", "correlation")
 REC_LOSSES = ("l1", "l2")
 
 
@@ -218,9 +219,7 @@ class TrainConfig:
     @property
     def uses_target_batches(self) -> bool:
         """Whether training draws unlabelled target batches (adapt mode with a target loss)."""
-        return self.mode == "adapt" and (
-            self.w_mmd > 0 or self.w_rec > 0 or self.w_dif > 0 or self.target_style_prob > 0
-        )
+        return terms.uses_target_batches(self)
 
     @property
     def effective_target_batch_size(self) -> int:
@@ -304,12 +303,7 @@ class TrainConfig:
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a positive number, got {value}")
         for name in (
-            "w_cls",
-            "w_rec",
-            "w_dif",
-            "w_mmd",
-            "w_ctr",
-            "w_tri",
+            *(term.weight_field for term in terms.LOSS_TERMS),
             "weight_decay",
             "momentum",
             "dropout",
@@ -328,10 +322,9 @@ class TrainConfig:
             raise ConfigError(f"mmd_bandwidths must be positive, got {self.mmd_bandwidths}")
         if self.decoder_widths is not None and any(w_ < 1 for w_ in self.decoder_widths):
             raise ConfigError(f"decoder_widths must be positive, got {self.decoder_widths}")
-        if self.mode != "oracle" and self.w_cls == 0 and self.w_ctr == 0 and self.w_tri == 0:
-            raise ConfigError(
-                "w_cls, w_ctr and w_tri are all 0: nothing teaches the identity encoder"
-            )
+        if self.mode != "oracle" and not terms.supervises_identity(self):
+            names = ", ".join(t.weight_field for t in terms.LOSS_TERMS if t.supervises_identity)
+            raise ConfigError(f"{names} are all 0: nothing teaches the identity encoder")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r}; expected auto, cpu, cuda or cuda:N")
         if self.resume and self.init_from:

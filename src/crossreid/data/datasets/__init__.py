@@ -15,7 +15,7 @@ import inspect
 import os
 
 from crossreid.data.base import ReIDDataset
-from crossreid.data.datasets._common import parse_market_name
+from crossreid.data.names import parse_market_name
 from crossreid.errors import ConfigError, DatasetError
 
 #: Canonical dataset names, in the order the help text lists them.

@@ -9,49 +9,15 @@ lives here once.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crossreid.data.base import ImageRecord, ReIDDataset, relabel
+from crossreid.data.names import is_image, parse_market_name
 from crossreid.errors import DatasetError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
 #: The three split folders of the Market layout, in (train, query, gallery) order.
 MARKET_SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
-
-MARKET_NAME_PATTERN = "PID_cCAM..., e.g. 0002_c1s1_000451_03.jpg"
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
-
-
-def parse_market_name(filename: str | os.PathLike) -> tuple[int, int]:
-    """Person id and 0-based camera id of a Market-style image name.
-
-    Accepts a bare name or a path (only the last component is read). Junk images keep
-    their pid ``-1`` and distractors their pid ``0``; callers decide what to drop.
-
-    >>> parse_market_name("bounding_box_test/0002_c3s1_000451_03.jpg")
-    (2, 2)
-    >>> parse_market_name("-1_c1s1_000401_03.jpg")
-    (-1, 0)
-
-    Raises:
-        DatasetError: the name does not match ``PID_cCAM...`` or has camera 0.
-    """
-    name = os.path.basename(os.fspath(filename))
-    match = _MARKET_NAME.match(name)
-    if match is None or int(match.group(2)) < 1:
-        raise DatasetError(
-            f"cannot parse person id and camera from image name {os.fspath(filename)!r}: "
-            f"expected {MARKET_NAME_PATTERN}"
-        )
-    return int(match.group(1)), int(match.group(2)) - 1
-
-
-def is_image(name: str) -> bool:
-    """True when ``name`` has an image extension (case-insensitive)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def resolve_root(

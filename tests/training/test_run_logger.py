@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from crossreid.training.logging import RunLogger, read_metrics
+from crossreid.training.run_logger import RunLogger, read_metrics
 
 METRICS = {"rank1": 0.5, "rank5": 0.75, "rank10": 0.8, "rank20": 0.9, "mAP": 0.4, "mINP": 0.1}
 

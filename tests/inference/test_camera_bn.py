@@ -1,4 +1,4 @@
-"""Tests of crossreid.evaluation.camera_bn: per-camera BatchNorm statistics at test time."""
+"""Tests of crossreid.inference.camera_bn: per-camera BatchNorm statistics at test time."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from torch import nn
 
 from crossreid.data.base import ImageRecord
 from crossreid.data.transforms import build_transforms
-from crossreid.evaluation.camera_bn import (
+from crossreid.inference import (
+    extract_features,
     extract_features_camera_bn,
     kept_batchnorm_statistics,
     recalibrate_batchnorm,
 )
-from crossreid.evaluation.extraction import extract_features
 
 SIZE = (16, 8)
 
@@ -112,7 +112,7 @@ def test_camera_bn_removes_a_camera_wide_brightness_and_contrast_change(cameras)
 def test_a_camera_without_calibration_images_uses_its_own(cameras, caplog):
     model = TinyNet().eval()
     calibration = [r for r in cameras if r.camid == 0]
-    with caplog.at_level(logging.WARNING, logger="crossreid.evaluation.camera_bn"):
+    with caplog.at_level(logging.WARNING, logger="crossreid.inference.extraction"):
         got = extract_features_camera_bn(model, cameras, calibration, SIZE)
     assert "camera 1 has 0 calibration image(s)" in caplog.text
     fallback = extract_features_camera_bn(

@@ -20,39 +20,39 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import re
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from crossreid.data.base import ImageRecord
+from crossreid.data.loaders import build_test_loader
 from crossreid.errors import ConfigError, DatasetError
+from crossreid.inference.camera_bn import (
+    MIN_CALIBRATION_IMAGES,
+    kept_batchnorm_statistics,
+    recalibrate_batchnorm,
+)
+from crossreid.inference.features_file import query_gallery_arrays
+from crossreid.inference.runtime import inference_network
+from crossreid.utils.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "ExtractedFeatures",
     "extract_features",
+    "extract_features_camera_bn",
     "extract_features_distributed",
     "extract_query_gallery",
-    "fuse_batchnorm",
-    "records_from_folder",
-    "records_from_paths",
-    "resolve_device",
 ]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
-# Market-1501 style names ("0002_c1s1_000451_03.jpg", "-1_c3s2_...") carry pid and camera.
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 class ExtractedFeatures(NamedTuple):
@@ -71,144 +71,9 @@ class ExtractedFeatures(NamedTuple):
     paths: list[str]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` → CUDA when available, else CPU; refuses an unavailable CUDA."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(
-            f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} requested but CUDA is not available")
-    return device
-
-
-def _record_for(path: Path) -> ImageRecord:
-    match = _MARKET_NAME.match(path.name)
-    if match:
-        return ImageRecord(str(path), int(match.group(1)), int(match.group(2)) - 1)
-    return ImageRecord(str(path), -1, -1)
-
-
-def _warn_skipped(skipped: list[str], where: str) -> None:
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (
-            f" (+{len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        )
-        logger.warning(
-            "skipping %d non-image file(s) %s (expected %s): %s",
-            len(skipped),
-            where,
-            "/".join(IMAGE_EXTENSIONS),
-            shown,
-        )
-
-
-def records_from_paths(paths: Sequence[str | Path]) -> list[ImageRecord]:
-    """Image files given one by one as :class:`ImageRecord`, in the given order.
-
-    Market-1501 style names (``0002_c1s1_000451_03.jpg``) give pid and 0-based camera id;
-    other images get ``pid = camid = -1``. Files without an image extension are skipped
-    with one warning naming them.
-
-    Raises:
-        DatasetError: a path does not exist or is not a file, or no image is left.
-    """
-    records: list[ImageRecord] = []
-    skipped: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.is_file():
-            raise DatasetError(f"image {path} does not exist or is not a file")
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            records.append(_record_for(path))
-        else:
-            skipped.append(str(path))
-    _warn_skipped(skipped, "among the images")
-    if not records:
-        raise DatasetError(
-            f"no image file ({'/'.join(IMAGE_EXTENSIONS)}) among {len(skipped)} path(s)"
-        )
-    return records
-
-
-def records_from_folder(folder: str | Path) -> list[ImageRecord]:
-    """Every image file under ``folder`` (recursively, sorted) as an :class:`ImageRecord`.
-
-    Files named in Market-1501 style (``0002_c1s1_000451_03.jpg``) get their pid and
-    0-based camera id; other images get ``pid = camid = -1``. Files without an image
-    extension are skipped with one warning naming them (hidden files are ignored).
-
-    Raises:
-        DatasetError: the folder does not exist or holds no image file.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"image folder {folder} does not exist or is not a folder")
-    records: list[ImageRecord] = []
-    skipped: list[str] = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.name.startswith("."):
-            continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            records.append(_record_for(path))
-        else:
-            skipped.append(str(path))
-    _warn_skipped(skipped, f"in {folder}")
-    if not records:
-        raise DatasetError(f"no image file ({'/'.join(IMAGE_EXTENSIONS)}) under {folder}")
-    return records
-
-
-def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """An inference copy of ``model`` (in eval mode) with each BatchNorm folded into the
-    convolution before it, or ``model`` itself when it cannot be traced.
-
-    ``torch.fx`` traces ``model.forward``; the traced module references the original
-    layers, and only the fused convolutions are new tensors, so the original model is
-    left untouched and no full copy (decoder, pose encoder) is made.
-    """
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        traced = torch.fx.symbolic_trace(model)
-        return fuse(traced, inplace=True, no_trace=True)
-    except Exception as exc:  # data-dependent control flow etc.: run the model as it is
-        logger.debug("BatchNorm folding skipped (%s: %s)", type(exc).__name__, exc)
-        return model
-
-
-@contextlib.contextmanager
-def _inference_setup(
-    model: nn.Module, device: torch.device, channels_last: bool, fuse_bn: bool
-) -> Iterator[nn.Module]:
-    """Yield the network to run: ``model`` in eval mode on ``device`` (channels_last if
-    asked, BatchNorm folded if asked). The training flag and memory format of ``model`` are
-    restored afterwards (it stays on ``device``)."""
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    try:
-        network = fuse_batchnorm(model) if fuse_bn else model
-        if channels_last and network is not model:
-            network.to(memory_format=torch.channels_last)
-        yield network
-    finally:
-        if channels_last:
-            model.to(memory_format=torch.contiguous_format)
-        model.train(was_training)
-
-
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
@@ -229,8 +94,6 @@ def _extract_indexed(
     """``(features [M, D] float32, record indices [M] int64, corrupt count)`` for the M
     readable records, in record order (``batch_size`` already checked, ``device`` as given
     by the caller)."""
-    from crossreid.data.loaders import build_test_loader
-
     device = resolve_device(device)
     loader = build_test_loader(
         records, image_size, int(batch_size), workers, pin_memory=device.type == "cuda"
@@ -240,7 +103,7 @@ def _extract_indexed(
     indices: list[np.ndarray] = []
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     with (
-        _inference_setup(model, device, channels_last, fuse_bn) as network,
+        inference_network(model, device, channels_last, fuse_bn) as network,
         torch.inference_mode(),
     ):
         for batch in _progress(loader, len(loader), desc, progress):
@@ -329,7 +192,7 @@ def extract_features(
         camera_bn: unlabelled images of the same camera network (e.g. its training split):
             when given, each camera's records are extracted with BatchNorm statistics
             recomputed from that camera's images (see
-            :mod:`crossreid.evaluation.camera_bn`); the model's own are restored after.
+            :mod:`crossreid.inference.camera_bn`); the model's own are restored after.
 
     Returns:
         :class:`ExtractedFeatures` ``(features [N, D] float32, pids [N], camids [N], paths)``
@@ -352,12 +215,91 @@ def extract_features(
     _check_args(records, batch_size)
     size = _default_image_size(model, image_size)
     if camera_bn is not None:
-        from crossreid.evaluation.camera_bn import extract_per_camera
-
-        features, indices = extract_per_camera(model, records, camera_bn, size, options)
+        features, indices = _extract_per_camera(model, records, camera_bn, size, options)
     else:
         features, indices, _ = _extract_indexed(model, records, size, **options)
     return _assemble(records, features, indices, desc)
+
+
+def extract_features_camera_bn(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    calibration: Sequence[ImageRecord],
+    image_size: Sequence[int] | None = None,
+    **options: Any,
+) -> ExtractedFeatures:
+    """:func:`extract_features` with camera-wise BatchNorm
+    (its ``camera_bn`` argument): ``options`` are that function's.
+
+    ``records`` are grouped by camera id; for each camera, the BatchNorm statistics are
+    recomputed from the ``calibration`` images of that camera (:func:`recalibrate_batchnorm`)
+    and that camera's records are extracted with them. A camera with fewer than
+    :data:`MIN_CALIBRATION_IMAGES` calibration images is calibrated on its own ``records``
+    instead (they are unlabelled too), with a warning. The model's statistics are restored
+    afterwards.
+
+    Returns :class:`ExtractedFeatures` in record order.
+
+    Raises:
+        DatasetError: no records, or none of them readable.
+    """
+    return extract_features(model, records, image_size, camera_bn=calibration, **options)
+
+
+def _extract_per_camera(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    calibration: Sequence[ImageRecord],
+    size: tuple[int, int],
+    options: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The camera-wise part of :func:`extract_features` (``camera_bn=``)
+    (arguments already checked, ``options`` complete): ``(features [M, D], record indices
+    [M])`` of the M readable records, in record order."""
+    batch_size, desc = options["batch_size"], options["desc"]
+    by_camera: dict[int, list[int]] = {}
+    for index, record in enumerate(records):
+        by_camera.setdefault(int(record.camid), []).append(index)
+    pool: dict[int, list[ImageRecord]] = {}
+    for record in calibration:
+        pool.setdefault(int(record.camid), []).append(record)
+
+    chunks: list[np.ndarray] = []
+    indices: list[np.ndarray] = []
+    with kept_batchnorm_statistics(model):
+        for camera, members in sorted(by_camera.items()):
+            own = [records[i] for i in members]
+            images = pool.get(camera, [])
+            if len(images) < MIN_CALIBRATION_IMAGES:
+                logger.warning(
+                    "%s: camera %d has %d calibration image(s) (< %d); its BatchNorm "
+                    "statistics come from its own %d image(s)",
+                    desc,
+                    camera,
+                    len(images),
+                    MIN_CALIBRATION_IMAGES,
+                    len(own),
+                )
+                images = own
+            recalibrate_batchnorm(
+                model,
+                images,
+                size,
+                batch_size=max(int(batch_size), 2),
+                device=options["device"],
+                workers=options["workers"],
+            )
+            features, local, _ = _extract_indexed(
+                model, own, size, **{**options, "desc": f"{desc} camera {camera}"}
+            )
+            if len(local):
+                chunks.append(features)
+                indices.append(np.asarray(members, dtype=np.int64)[local])
+    if not chunks:  # nothing readable: extract_features reports it
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    order = np.concatenate(indices)
+    sort = np.argsort(order, kind="stable")
+    return np.concatenate(chunks)[sort], order[sort]
 
 
 def extract_features_distributed(
@@ -385,8 +327,6 @@ def extract_features_distributed(
     Every rank must call it with the same records. Returns the merged result on rank
     ``dst`` and ``None`` on the other ranks.
     """
-    import torch.distributed as dist
-
     # Every option but ``progress`` (shown on rank ``dst`` only) goes to each rank as given.
     options = {
         "batch_size": batch_size,
@@ -429,34 +369,34 @@ def extract_query_gallery(
     gallery: Sequence[ImageRecord],
     image_size: Sequence[int] | None = None,
     camera_bn: Sequence[ImageRecord] | None = None,
+    *,
+    split_across_ranks: bool = True,
     **options,
 ) -> dict[str, np.ndarray] | None:
-    """Features of a dataset's query and gallery, under the keys ``crossreid evaluate
-    --features`` reads: ``qf, gf`` (float32 ``[Q, D]``, ``[G, D]``), ``q_pids, g_pids,
-    q_camids, g_camids`` (int64) and ``q_paths, g_paths`` (str).
+    """Features of a dataset's query and gallery, under the keys of a features file
+    (:data:`~crossreid.inference.features_file.QUERY_GALLERY_KEYS`): ``qf, gf`` (float32
+    ``[Q, D]``, ``[G, D]``), ``q_pids, g_pids, q_camids, g_camids`` (int64) and ``q_paths,
+    g_paths`` (str).
 
-    ``options`` are those of :func:`extract_features_distributed` (so under ``torchrun``
-    the work is split across ranks); returns ``None`` on ranks other than 0.
-    ``camera_bn``: unlabelled images of the same cameras for camera-wise BatchNorm
-    statistics (see :func:`extract_features`); that extraction runs on rank 0 alone.
+    ``options`` are those of :func:`extract_features_distributed`: under ``torchrun`` the
+    work is split across ranks and ``None`` is returned on ranks other than 0, unless
+    ``split_across_ranks`` is false (a caller that runs on one rank alone, such as the
+    trainer's evaluation). ``camera_bn``: unlabelled images of the same cameras for
+    camera-wise BatchNorm statistics (see :func:`extract_features`); that extraction runs
+    on rank 0 alone.
     """
-    extract = extract_features_distributed
-    if camera_bn is not None:
-        import torch.distributed as dist
-
+    if not split_across_ranks:
+        extract = functools.partial(extract_features, camera_bn=camera_bn)
+    elif camera_bn is not None:
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return None
         extract = functools.partial(extract_features, camera_bn=camera_bn)
+    else:
+        extract = extract_features_distributed
     results = {
         prefix: extract(model, records, image_size, desc=desc, **options)
         for prefix, records, desc in (("q", query, "query"), ("g", gallery, "gallery"))
     }
     if any(result is None for result in results.values()):
         return None
-    arrays: dict[str, np.ndarray] = {}
-    for prefix, result in results.items():
-        arrays[f"{prefix}f"] = result.features
-        arrays[f"{prefix}_pids"] = result.pids
-        arrays[f"{prefix}_camids"] = result.camids
-        arrays[f"{prefix}_paths"] = np.asarray(result.paths, dtype=str)
-    return arrays
+    return query_gallery_arrays(results["q"], results["g"])

@@ -13,15 +13,15 @@ from torch import nn
 from crossreid.data.base import ImageRecord
 from crossreid.data.transforms import build_transforms
 from crossreid.errors import ConfigError, DatasetError
-from crossreid.evaluation.extraction import (
+from crossreid.inference import (
     extract_features,
     extract_features_distributed,
     extract_query_gallery,
     fuse_batchnorm,
     records_from_folder,
     records_from_paths,
-    resolve_device,
 )
+from crossreid.utils.devices import resolve_device
 
 SIZE = (32, 16)
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from crossreid import demo
 from crossreid.cli import main
+from crossreid.demo import recipe as demo_recipe
 
 # Tiny domains and a few steps: the same code path as the real demo, in seconds.
 TINY = demo.DemoRecipe(
@@ -135,7 +136,7 @@ def test_results_and_ablation_tables():
 
 
 def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "QUICK_RECIPE", TINY)
+    monkeypatch.setattr(demo_recipe, "QUICK_RECIPE", TINY)
     path = tmp_path / "r.json"
     argv = ["demo", "--quick", "--seed", "2", "--output", str(tmp_path / "o"), "--no-progress"]
     assert main([*argv, "--json", str(path), "--jobs", "2"]) == 0
@@ -147,7 +148,7 @@ def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
 
     # w_ctr is already 0 in the recipe: zeroing it again would be a duplicate row.
     # w_cls=0 with w_ctr=0 leaves nothing to supervise identities: skipped, said so.
-    monkeypatch.setattr(demo, "ABLATION_TERMS", ("w_mmd", "w_ctr", "w_cls", "camera_bn"))
+    monkeypatch.setattr(demo_recipe, "ABLATION_TERMS", ("w_mmd", "w_ctr", "w_cls", "camera_bn"))
     assert main([*argv, "--ablate", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "ablation on target B, seed 2" in out and "w_mmd=0" in out

@@ -10,8 +10,9 @@ unlabelled images of camera ``c`` (typically the target's training split; no ide
 labels are read, only camera ids, which a camera network always knows).
 
 :func:`recalibrate_batchnorm` recomputes the statistics from a set of images;
-:func:`extract_features_camera_bn` extracts features camera by camera with them. The
-model's own statistics are restored afterwards.
+:func:`~crossreid.inference.extract_features` with ``camera_bn=`` (or
+:func:`~crossreid.inference.extract_features_camera_bn`) extracts features camera by camera
+with them. The model's own statistics are restored afterwards.
 
 Example::
 
@@ -23,20 +24,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from crossreid.data.base import ImageRecord
+from crossreid.data.loaders import build_test_loader
+from crossreid.utils.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIN_CALIBRATION_IMAGES",
     "batchnorm_layers",
-    "extract_features_camera_bn",
     "kept_batchnorm_statistics",
     "recalibrate_batchnorm",
 ]
@@ -108,9 +108,6 @@ def recalibrate_batchnorm(
     Returns the number of images read (unreadable ones are skipped with a warning). When
     no batch of at least two images could be read, the statistics are left as they were.
     """
-    from crossreid.data.loaders import build_test_loader
-    from crossreid.evaluation.extraction import resolve_device
-
     device = resolve_device(device)
     layers = batchnorm_layers(model)
     saved = _snapshot(layers)
@@ -142,88 +139,3 @@ def recalibrate_batchnorm(
             len(records),
         )
     return seen
-
-
-def extract_features_camera_bn(
-    model: nn.Module,
-    records: Sequence[ImageRecord],
-    calibration: Sequence[ImageRecord],
-    image_size: Sequence[int] | None = None,
-    **options: Any,
-):
-    """:func:`~crossreid.evaluation.extraction.extract_features` with camera-wise BatchNorm
-    (its ``camera_bn`` argument): ``options`` are that function's.
-
-    ``records`` are grouped by camera id; for each camera, the BatchNorm statistics are
-    recomputed from the ``calibration`` images of that camera (:func:`recalibrate_batchnorm`)
-    and that camera's records are extracted with them. A camera with fewer than
-    :data:`MIN_CALIBRATION_IMAGES` calibration images is calibrated on its own ``records``
-    instead (they are unlabelled too), with a warning. The model's statistics are restored
-    afterwards.
-
-    Returns :class:`~crossreid.evaluation.extraction.ExtractedFeatures` in record order.
-
-    Raises:
-        DatasetError: no records, or none of them readable.
-    """
-    from crossreid.evaluation.extraction import extract_features
-
-    return extract_features(model, records, image_size, camera_bn=calibration, **options)
-
-
-def extract_per_camera(
-    model: nn.Module,
-    records: Sequence[ImageRecord],
-    calibration: Sequence[ImageRecord],
-    size: tuple[int, int],
-    options: dict[str, Any],
-) -> tuple[np.ndarray, np.ndarray]:
-    """The camera-wise part of :func:`extract_features_camera_bn`, for ``extract_features``
-    (arguments already checked, ``options`` complete): ``(features [M, D], record indices
-    [M])`` of the M readable records, in record order."""
-    from crossreid.evaluation.extraction import _extract_indexed
-
-    batch_size, desc = options["batch_size"], options["desc"]
-    by_camera: dict[int, list[int]] = {}
-    for index, record in enumerate(records):
-        by_camera.setdefault(int(record.camid), []).append(index)
-    pool: dict[int, list[ImageRecord]] = {}
-    for record in calibration:
-        pool.setdefault(int(record.camid), []).append(record)
-
-    chunks: list[np.ndarray] = []
-    indices: list[np.ndarray] = []
-    with kept_batchnorm_statistics(model):
-        for camera, members in sorted(by_camera.items()):
-            own = [records[i] for i in members]
-            images = pool.get(camera, [])
-            if len(images) < MIN_CALIBRATION_IMAGES:
-                logger.warning(
-                    "%s: camera %d has %d calibration image(s) (< %d); its BatchNorm "
-                    "statistics come from its own %d image(s)",
-                    desc,
-                    camera,
-                    len(images),
-                    MIN_CALIBRATION_IMAGES,
-                    len(own),
-                )
-                images = own
-            recalibrate_batchnorm(
-                model,
-                images,
-                size,
-                batch_size=max(int(batch_size), 2),
-                device=options["device"],
-                workers=options["workers"],
-            )
-            features, local, _ = _extract_indexed(
-                model, own, size, **{**options, "desc": f"{desc} camera {camera}"}
-            )
-            if len(local):
-                chunks.append(features)
-                indices.append(np.asarray(members, dtype=np.int64)[local])
-    if not chunks:  # nothing readable: extract_features reports it
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    order = np.concatenate(indices)
-    sort = np.argsort(order, kind="stable")
-    return np.concatenate(chunks)[sort], order[sort]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crossreid.errors import ConfigError
-from crossreid.training.distributed import DistInfo, all_reduce_mean, distributed_env
+from crossreid.utils.distributed import DistInfo, all_reduce_mean, distributed_env
 
 
 def test_single_process_defaults(monkeypatch):

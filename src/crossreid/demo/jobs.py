@@ -1,0 +1,219 @@
+"""The demo's training runs: each on one thread, several side by side in worker processes.
+
+Every run uses exactly one thread whatever the machine, so its numbers do not depend on the
+CPU count (float sums are split across threads differently, and training from scratch
+amplifies the difference); single-threaded runs side by side are also faster on a small CPU
+than one run using all cores.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_module
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from crossreid.data.specs import resolve_dataset
+from crossreid.demo.recipe import METRICS, DemoRecipe, train_config
+from crossreid.errors import ConfigError
+from crossreid.evaluation.pipeline import evaluate_model
+from crossreid.training.config import TrainConfig
+from crossreid.training.trainer import train
+from crossreid.utils.threads import torch_threads
+
+__all__ = ["Job", "default_jobs", "run_jobs"]
+
+
+def _evaluate(model, dataset, config: TrainConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of ``model`` on ``dataset``'s query/gallery plus the features used."""
+    evaluation = evaluate_model(
+        model,
+        dataset.query,
+        dataset.gallery,
+        image_size=config.image_size,
+        metric=config.dist_metric,
+        max_rank=50,
+        camera_bn=dataset.train if config.camera_bn else None,
+        split_across_ranks=False,
+        batch_size=config.eval_batch_size,
+        device=config.device,
+        flip=False,
+        workers=0,
+        channels_last=False,
+    )
+    metrics = {key: value for key, value in evaluation.metrics.items() if key in METRICS}
+    return metrics, evaluation.arrays
+
+
+def _train_and_evaluate(
+    recipe: DemoRecipe,
+    mode: str,
+    seed: int,
+    output: Path,
+    datasets: dict[str, Any],
+    progress: bool,
+    step_callback: Callable[[int, int], None] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """One training run, evaluated on the target (B) and on the source (A)."""
+    config = train_config(recipe, mode, seed, output, **overrides)
+    result = train(config, progress=progress, step_callback=step_callback)
+    model = result.model
+    target_metrics, target_features = _evaluate(model, datasets["B"], config)
+    source_metrics, _ = _evaluate(model, datasets["A"], config)
+    return {
+        **target_metrics,
+        "source_domain": source_metrics,
+        "train_seconds": round(result.seconds, 1),
+        "steps": result.steps,
+        "_features": target_features,
+    }
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of the demo or the ablation: results key, label, mode, overrides."""
+
+    key: str
+    label: str
+    mode: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def default_jobs() -> int:
+    """Training runs at once: the CPUs this process may use, at most 3."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(3, cpus))
+
+
+def _worker(recipe: DemoRecipe, seed: int, output: str, job: Job, queue) -> dict[str, Any]:
+    """A job in a worker process: one thread, progress reported through ``queue``."""
+    torch.set_num_threads(1)  # for the life of this worker process
+    datasets = {d: resolve_dataset(recipe.spec(d, seed), progress=False) for d in "AB"}
+    return _train_and_evaluate(
+        recipe,
+        job.mode,
+        seed,
+        Path(output),
+        datasets,
+        False,
+        step_callback=lambda step, total: queue.put((job.key, step, total)),
+        **job.overrides,
+    )
+
+
+def run_jobs(
+    recipe: DemoRecipe,
+    seed: int,
+    output: Path,
+    jobs: Sequence[Job],
+    datasets: dict[str, Any],
+    *,
+    workers: int | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any] | BaseException]:
+    """Run the training jobs, each on one thread, ``workers`` at a time.
+
+    Every run uses exactly one thread whatever the machine, so its numbers do not depend on
+    the CPU count (float sums are split across threads differently, and training from
+    scratch amplifies the difference); on a multi-core CPU, single-threaded runs side by
+    side are also faster than one run using all cores. With ``workers == 1`` the runs are
+    made in this process, one after the other; otherwise in spawned worker processes,
+    longest (adaptation) first; ``None`` means :func:`default_jobs`. Returns each job's
+    result, or the exception it raised.
+    """
+    if workers is None:
+        workers = default_jobs()
+    results: dict[str, dict[str, Any] | BaseException] = {}
+
+    def finished(job: Job, run: dict[str, Any] | BaseException) -> None:
+        results[job.key] = run
+        if isinstance(run, BaseException):
+            return
+        line = (
+            f"{job.label}: target mAP {run['mAP']:.1%} rank-1 {run['rank1']:.1%}; "
+            f"source mAP {run['source_domain']['mAP']:.1%} ({run['train_seconds']:.0f} s)"
+        )
+        if bars:  # print above the live progress bars instead of through them
+            with tqdm.external_write_mode():
+                log(line)
+        else:
+            log(line)
+
+    bars: dict[str, Any] = {}
+    if workers <= 1:
+        for job in jobs:
+            log(f"training {job.label} ...")
+            try:
+                with torch_threads(1):
+                    run = _train_and_evaluate(
+                        recipe,
+                        job.mode,
+                        seed,
+                        output / job.key,
+                        datasets,
+                        progress,
+                        **job.overrides,
+                    )
+            except ConfigError as err:
+                run = err
+            finished(job, run)
+        return results
+
+    context = multiprocessing.get_context("spawn")  # no forked copy of a threaded parent
+    ordered = sorted(jobs, key=lambda job: job.mode != "adapt")
+    log(f"training {len(jobs)} models, {workers} at a time (one thread each) ...")
+    if progress:
+        bars = {
+            job.key: tqdm(
+                total=int({**recipe.train, **job.overrides}["max_steps"]),
+                desc=f"{job.label:<20}",
+                position=i,
+                leave=True,
+                dynamic_ncols=True,
+                unit="step",
+            )
+            for i, job in enumerate(ordered)
+        }
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        updates = manager.Queue()
+        futures = {
+            pool.submit(_worker, recipe, seed, str(output / job.key), job, updates): job
+            for job in ordered
+        }
+        pending = set(futures)
+        started: set[str] = set()
+        while pending:
+            try:
+                key, step, total = updates.get(timeout=0.5)
+                if key in bars:
+                    if key not in started:  # the clock (and rate) start with the first step
+                        started.add(key)
+                        bars[key].reset(total=total)
+                    bars[key].n = step
+                    bars[key].refresh()
+            except queue_module.Empty:
+                pass
+            for future in [f for f in pending if f.done()]:
+                pending.discard(future)
+                job = futures[future]
+                error = future.exception()
+                finished(job, error if error is not None else future.result())
+                if error is not None and not isinstance(error, ConfigError):
+                    for other in pending:
+                        other.cancel()
+                    raise error
+    for bar in bars.values():
+        bar.close()
+    return results

@@ -1,0 +1,61 @@
+"""The data of a run: which splits a training mode trains on, adapts to and evaluates on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crossreid.data.base import ImageRecord
+from crossreid.data.specs import resolve_dataset
+from crossreid.errors import DatasetError
+from crossreid.training.config import TrainConfig
+
+__all__ = ["TrainingData", "load_training_data"]
+
+
+@dataclass
+class TrainingData:
+    """The record lists of a run (target labels are never read: the target split is used
+    unlabelled, and the evaluation split only by evaluation)."""
+
+    train_records: list[ImageRecord]
+    num_classes: int
+    eval_query: list[ImageRecord]
+    eval_gallery: list[ImageRecord]
+    eval_name: str
+    eval_train: list[ImageRecord]  # unlabelled use only: camera-wise BatchNorm statistics
+    target_records: list[ImageRecord] | None
+
+
+def load_training_data(config: TrainConfig, progress: bool) -> TrainingData:
+    """Resolve the specs; pick training, target and evaluation splits for the mode."""
+    if config.mode == "oracle":
+        target = resolve_dataset(config.target, config.data_root, progress=progress)
+        train_ds, train_spec = target, config.target
+    else:
+        train_ds, train_spec = (
+            resolve_dataset(config.source, config.data_root, progress=progress),
+            config.source,
+        )
+        target = (
+            resolve_dataset(config.target, config.data_root, progress=progress)
+            if config.target
+            else None
+        )
+    if train_ds.num_train_pids < 2:
+        raise DatasetError(
+            f"{train_spec}: the training split has {train_ds.num_train_pids} identity; "
+            "at least 2 are needed (classification and PK batches)"
+        )
+    evaluation = target if target is not None else train_ds
+    eval_spec = config.target if target is not None else train_spec
+    return TrainingData(
+        train_records=list(train_ds.train),
+        num_classes=train_ds.num_train_pids,
+        eval_query=list(evaluation.query),
+        eval_gallery=list(evaluation.gallery),
+        eval_name=str(eval_spec),
+        eval_train=list(evaluation.train),
+        target_records=list(target.train)
+        if target is not None and config.mode == "adapt"
+        else None,
+    )
