@@ -266,9 +266,11 @@ def _sort_rows(
 
 def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
     """``np.savez`` to a temporary file beside ``path``, then rename it over ``path``, so an
-    existing file is never left half-written."""
+    existing file is never left half-written; a full disk, missing permission or read-only
+    file system is a one-line :class:`~crossreid.errors.StorageError`."""
     path = Path(path)
-    with atomic_write(path, "wb", suffix=".npz") as stream:
+    size = sum(np.asarray(array).nbytes for array in arrays.values())
+    with atomic_write(path, "wb", suffix=".npz", expected_size=size) as stream:
         np.savez(stream, **arrays)
     return path
 
