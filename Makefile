@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/crossreid demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)

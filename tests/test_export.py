@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
 from crossreid import export as export_module
-from crossreid.errors import CheckpointError, ConfigError
+from crossreid.errors import CheckpointError, ConfigError, StorageError
 from crossreid.export import ExportError, export_model, export_network, run_exported
 from crossreid.models import CrossDomainReID, build_checkpoint, save_checkpoint
 
@@ -125,3 +128,18 @@ def test_a_failed_verification_leaves_the_previous_file_untouched(tmp_path, monk
         export_network(_TinyNet(), out, "onnx")
     assert out.read_bytes() == b"previous export"
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
+
+
+def test_a_full_disk_while_exporting_keeps_the_previous_file(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous export")
+
+    def fill_the_disk(network, example, target) -> None:
+        target.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export_module, "_export_onnx", fill_the_disk)
+    with pytest.raises(StorageError, match=r"^cannot write \S+m\.onnx: no space left on device"):
+        export_network(_TinyNet(), out, "onnx")
+    assert out.read_bytes() == b"previous export"
+    assert list(tmp_path.iterdir()) == [out]

@@ -31,3 +31,8 @@ class CheckpointError(CrossReIDError):
 
 class TrainingError(CrossReIDError, RuntimeError):
     """Training cannot continue (for example the loss became NaN)."""
+
+
+class StorageError(CrossReIDError, OSError):
+    """A file or folder cannot be written: no space left, no permission, read-only file
+    system, quota or file size limit. ``errno`` holds the underlying error number."""

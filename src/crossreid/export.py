@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from crossreid.errors import ConfigError, CrossReIDError
+from crossreid.models.checkpoint import load_checkpoint
 from crossreid.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _export_torchscript(network: nn.Module, example: torch.Tensor, target: Path)
 def run_exported(path: str | os.PathLike[str], fmt: str, images: np.ndarray) -> np.ndarray:
     """Run an exported file on ``images`` ``[B, 3, H, W]`` float32 → ``[B, D]`` (CPU)."""
     if fmt == "onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional at run time: only the export check needs it
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {INPUT_NAME: images.astype(np.float32)})[0]
@@ -188,8 +189,6 @@ def export_model(
             architecture recorded in it (the message names the offending keys).
         ConfigError: unknown format.
     """
-    from crossreid.models.checkpoint import load_checkpoint
-
     fmt = str(fmt).lower()
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(

@@ -1,9 +1,15 @@
-"""Tests of crossreid.data.synthetic: determinism, layout, split structure, domains."""
+"""Tests of crossreid.data.synthetic: determinism, layout, split structure, safe writing
+(concurrent processes, full disks), the ``synthetic:`` cache, domains."""
 
 from __future__ import annotations
 
+import errno
 import json
+import multiprocessing
+import os
 import re
+import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from crossreid.data import build_dataset
+from crossreid.data.specs import synthetic_root
 from crossreid.data.synthetic import (
     DOMAINS,
     GENERATOR_VERSION,
@@ -25,8 +32,10 @@ from crossreid.data.synthetic import (
     read_meta,
     render_preview,
 )
+from crossreid.data.synthetic.generator import TEMP_SUFFIX
 from crossreid.data.synthetic.styles import sample_camera_style
-from crossreid.errors import ConfigError, DatasetError
+from crossreid.errors import ConfigError, DatasetError, StorageError
+from crossreid.utils.io import format_size
 
 TINY = dict(num_ids=6, images_per_id=4, num_cameras=2, size=(32, 16))
 NAME = re.compile(r"^(\d{4})_c(\d+)s1_(\d{6})_00\.jpg$")
@@ -259,6 +268,107 @@ def test_loser_of_a_race_keeps_the_winners_dataset(tmp_path: Path, monkeypatch) 
     assert meta == winner["meta"]
     assert (out / "meta.json").stat().st_mtime_ns == winner["stamp"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["race"]
+
+
+def _generate_after_barrier(barrier, config: SyntheticConfig, out: str) -> None:
+    barrier.wait(timeout=120)
+    generate_domain(config, out, progress=False, overwrite=False)
+
+
+def _resolve_after_barrier(barrier, config: SyntheticConfig, cache: str, markers: str) -> None:
+    import crossreid.data.specs as specs
+
+    real_generate = specs.generate_domain
+
+    def generate_and_mark(*args, **kwargs):
+        (Path(markers) / str(os.getpid())).touch()
+        return real_generate(*args, **kwargs)
+
+    specs.generate_domain = generate_and_mark
+    barrier.wait(timeout=120)
+    specs.synthetic_root(config, cache, progress=False)
+
+
+def _run_two(target, *args) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)  # both start generating at the same moment
+    workers = [context.Process(target=target, args=(barrier, *args)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+
+
+def test_two_processes_generating_one_folder_leave_one_valid_copy(tmp_path: Path, tiny_b) -> None:
+    root, _ = tiny_b
+    out = tmp_path / "B"
+    _run_two(_generate_after_barrier, SyntheticConfig(domain="B", **TINY), str(out))
+    assert tree_bytes(out) == tree_bytes(root)
+    assert [p.name for p in tmp_path.iterdir()] == ["B"]  # the loser's copy is gone
+
+
+def test_two_processes_asking_for_one_cached_domain_generate_it_once(
+    tmp_path: Path, tiny_b
+) -> None:
+    root, _ = tiny_b
+    config = SyntheticConfig(domain="B", **TINY)
+    cache, markers = tmp_path / "cache", tmp_path / "markers"
+    markers.mkdir()
+    _run_two(_resolve_after_barrier, config, str(cache), str(markers))
+    assert len(list(markers.iterdir())) == 1  # the other waited on the lock, then reused it
+    assert tree_bytes(cache / "synthetic" / config.cache_key()) == tree_bytes(root)
+    assert [p.name for p in (cache / "synthetic").iterdir()] == [config.cache_key()]
+
+
+def test_stale_temporary_folders_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    config = SyntheticConfig(**TINY)
+    parent = tmp_path / "synthetic"
+    stale = parent / f".{config.cache_key()}.dead{TEMP_SUFFIX}"
+    live = parent / f".{config.cache_key()}.busy{TEMP_SUFFIX}"
+    for folder in (stale, live):
+        (folder / "query").mkdir(parents=True)
+        (folder / "query" / "0001_c1s1_000000_00.jpg").write_bytes(b"half")
+    an_hour_ago = time.time() - 3600
+    for folder in (stale / "query", stale):
+        os.utime(folder, (an_hour_ago, an_hour_ago))
+    synthetic_root(config, tmp_path, progress=False)
+    assert sorted(p.name for p in parent.iterdir()) == sorted([config.cache_key(), live.name])
+
+
+def test_disk_full_while_generating_is_one_line_and_leaves_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    out = tmp_path / "B"
+    config = SyntheticConfig(domain="B", **TINY)
+    real_write = Path.write_bytes
+    written: list[int] = []
+
+    def fill_up_after_five(self, data):
+        if len(written) == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(len(data))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fill_up_after_five)
+    with pytest.raises(StorageError) as info:
+        generate_domain(config, out, progress=False)
+    needed = sum(written) * len(plan_split(config).jobs) // len(written)
+    assert re.fullmatch(
+        rf"cannot write {re.escape(str(out))}: no space left on device \(needs about "
+        rf"{re.escape(format_size(needed))}, [\d.]+ [kMGTP]?B free on /\S*\)",
+        str(info.value),
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_cache_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(StorageError, match=r"^cannot create folder \S+/B: read-only file system"):
+        generate_domain(SyntheticConfig(**TINY), tmp_path / "B", progress=False)
 
 
 # ---------------------------------------------------------------- domains and previews

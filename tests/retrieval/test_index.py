@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossreid.errors import ConfigError, EvaluationError
+from crossreid.errors import ConfigError, EvaluationError, StorageError
 from crossreid.evaluation import pairwise_distance
 from crossreid.retrieval import METRICS, build_index, load_index
 from crossreid.retrieval.index import default_nlist
@@ -210,3 +213,24 @@ def test_torch_tensors_and_single_vectors_are_accepted() -> None:
     ref = build_index(g).search(q, 3)
     got = build_index(torch.from_numpy(g)).search(torch.from_numpy(q[0]), 3)
     np.testing.assert_array_equal(ref[1], got[1])
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_index(tmp_path, monkeypatch) -> None:
+    index = build_index(_data(6, 1, 1000, 64)[1], "cosine")
+    path = index.save(tmp_path / "gallery.npz")
+    before = path.read_bytes()
+
+    def fill_the_disk(stream, **arrays):
+        stream.write(b"PK partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", fill_the_disk)
+    with pytest.raises(StorageError) as info:
+        index.save(path)
+    # The size needed is the arrays' (the serialised index holds 1000 x 64 float32).
+    assert re.match(
+        r"cannot write \S+gallery\.npz: no space left on device \(needs about 25\d kB, ",
+        str(info.value),
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery.npz"]
+    assert path.read_bytes() == before

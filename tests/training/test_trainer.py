@@ -11,28 +11,12 @@ from crossreid.errors import CheckpointError, ConfigError, TrainingError
 from crossreid.models import load_checkpoint, read_checkpoint
 from crossreid.models.checkpoint import find_checkpoint
 from crossreid.training import data as training_data
-from crossreid.training.step import positive_permutation
 from crossreid.training.trainer import train
 from crossreid.utils.devices import resolve_device
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@pytest.mark.parametrize("pids", [[0, 0, 1, 1], [3, 3, 3, 3, 7, 7, 7, 7], [5, 2, 5, 2, 2, 5]])
-def test_positive_permutation_pairs_each_anchor_with_another_image_of_its_identity(pids):
-    pids = torch.tensor(pids)
-    for seed in range(5):
-        perm = positive_permutation(pids, torch.Generator().manual_seed(seed))
-        assert torch.equal(pids[perm], pids)
-        assert not torch.any(perm == torch.arange(len(pids)))
-        assert sorted(perm.tolist()) == list(range(len(pids)))
-
-
-def test_positive_permutation_needs_two_images_per_identity():
-    with pytest.raises(TrainingError, match="identity 9 has a single image"):
-        positive_permutation(torch.tensor([1, 1, 9]))
 
 
 def test_thirty_steps_loss_falls_and_outputs_exist(tmp_path, tiny_config):

@@ -16,13 +16,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossreid.data.base import ReIDDataset
+from crossreid.data.datasets import DATASET_ALIASES, DATASET_NAMES, build_dataset
 from crossreid.data.synthetic import (
     DOMAINS,
     SyntheticConfig,
@@ -30,9 +34,14 @@ from crossreid.data.synthetic import (
     parse_size,
     read_meta,
 )
+from crossreid.data.synthetic.generator import TEMP_SUFFIX
 from crossreid.errors import ConfigError
+from crossreid.utils.locks import file_lock
 
 log = logging.getLogger(__name__)
+
+# A temporary generation folder untouched for this long belongs to a killed process.
+_STALE_AFTER_S = 600.0
 
 #: Option name in a ``synthetic:`` spec -> SyntheticConfig field.
 SYNTHETIC_OPTIONS = {
@@ -46,8 +55,6 @@ SYNTHETIC_OPTIONS = {
 
 def accepted_forms() -> str:
     """One line listing the spec forms (used in error messages and help texts)."""
-    from crossreid.data import DATASET_NAMES
-
     return (
         f"expected a dataset name ({', '.join(DATASET_NAMES)}, or an alias such as Market, "
         "Duke, MSMT17_V2) optionally followed by ?option=value&..., folder:PATH, or "
@@ -126,8 +133,6 @@ def parse_spec(spec: str) -> DatasetSpec:
     if colon:
         raise ConfigError(f"unknown dataset spec {spec!r}: {accepted_forms()}")
 
-    from crossreid.data.datasets import DATASET_ALIASES
-
     name, _, query = text.partition("?")
     name = name.strip()
     if name.lower() not in DATASET_ALIASES:
@@ -169,20 +174,54 @@ def synthetic_root(
 ) -> Path:
     """The cache folder holding ``config``'s dataset, generating it when missing.
 
-    Safe when several processes ask at once: each generates into its own temporary
-    folder and renames it into place; a loser of the race keeps the winner's result.
+    Safe when several processes ask at once: the first takes a lock file and generates
+    (into a temporary folder renamed into place, so a half-written dataset never appears
+    under the cache name); the others wait for it and reuse its result.
+
+    Raises:
+        StorageError: the cache cannot be written (no space, permission, read-only).
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = root / "synthetic" / config.cache_key()
-    meta = read_meta(folder)
-    if meta is not None and meta.get("cache_key") == config.cache_key():
+    if _is_complete(folder, config):
         return folder
+
+    def log_wait() -> None:
+        log.info("waiting for another process generating synthetic domain %s", config.domain)
+
+    with file_lock(folder.with_name(f".{folder.name}.lock"), on_wait=log_wait):
+        if _is_complete(folder, config):  # the process we waited for made it
+            return folder
+        _remove_leftovers(folder)
+        log.info("generating synthetic domain %s into %s", config.domain, folder)
+        generate_domain(config, folder, progress=progress, overwrite=False)
+    return folder
+
+
+def _is_complete(folder: Path, config: SyntheticConfig) -> bool:
+    meta = read_meta(folder)  # written last, and the folder appears by an atomic rename
+    return meta is not None and meta.get("cache_key") == config.cache_key()
+
+
+def _last_change(folder: Path) -> float:
+    """Newest mtime of ``folder`` and its subfolders (each new file updates its folder's)."""
+    times = [folder.stat().st_mtime]
+    times += [p.stat().st_mtime for p in folder.iterdir() if p.is_dir()]
+    return max(times)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Remove what no live generator is using (the caller holds the folder's lock): an
+    incomplete folder under the cache name, and temporary folders of killed processes."""
     if folder.exists():  # not a complete dataset of ours (e.g. edited by hand): rebuild it
         log.warning("replacing incomplete synthetic cache folder %s", folder)
         shutil.rmtree(folder, ignore_errors=True)
-    log.info("generating synthetic domain %s into %s", config.domain, folder)
-    generate_domain(config, folder, progress=progress, overwrite=False)
-    return folder
+    for temp in folder.parent.glob(f".{glob.escape(folder.name)}.*{TEMP_SUFFIX}"):
+        # A generator that takes no lock (an older crossreid, a direct generate_domain
+        # call) may still be filling it: only folders idle for a while are stale.
+        with contextlib.suppress(OSError):
+            if time.time() - _last_change(temp) > _STALE_AFTER_S:
+                shutil.rmtree(temp, ignore_errors=True)
 
 
 def resolve_dataset(
@@ -208,8 +247,6 @@ def resolve_dataset(
         ConfigError: a malformed spec, or ``NAME`` without a data root.
         DatasetError: the dataset's folders or files are missing or malformed.
     """
-    from crossreid.data import build_dataset
-
     parsed = parse_spec(spec)
     if parsed.kind == "name":
         if data_root is None:

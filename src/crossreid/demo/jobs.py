@@ -112,6 +112,30 @@ def _worker(recipe: DemoRecipe, seed: int, output: str, job: Job, queue) -> dict
     )
 
 
+class _Results:
+    """Each job's result (or the exception it raised), with a line logged per finished run
+    (above the live progress bars, when there are any)."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.runs: dict[str, dict[str, Any] | BaseException] = {}
+        self.bars: dict[str, Any] = {}
+
+    def finished(self, job: Job, run: dict[str, Any] | BaseException) -> None:
+        self.runs[job.key] = run
+        if isinstance(run, BaseException):
+            return
+        line = (
+            f"{job.label}: target mAP {run['mAP']:.1%} rank-1 {run['rank1']:.1%}; "
+            f"source mAP {run['source_domain']['mAP']:.1%} ({run['train_seconds']:.0f} s)"
+        )
+        if self.bars:
+            with tqdm.external_write_mode():
+                self.log(line)
+        else:
+            self.log(line)
+
+
 def run_jobs(
     recipe: DemoRecipe,
     seed: int,
@@ -131,51 +155,43 @@ def run_jobs(
     side are also faster than one run using all cores. With ``workers == 1`` the runs are
     made in this process, one after the other; otherwise in spawned worker processes,
     longest (adaptation) first; ``None`` means :func:`default_jobs`. Returns each job's
-    result, or the exception it raised.
+    result, or the exception it raised (:class:`ConfigError` only; others are raised).
     """
     if workers is None:
         workers = default_jobs()
-    results: dict[str, dict[str, Any] | BaseException] = {}
-
-    def finished(job: Job, run: dict[str, Any] | BaseException) -> None:
-        results[job.key] = run
-        if isinstance(run, BaseException):
-            return
-        line = (
-            f"{job.label}: target mAP {run['mAP']:.1%} rank-1 {run['rank1']:.1%}; "
-            f"source mAP {run['source_domain']['mAP']:.1%} ({run['train_seconds']:.0f} s)"
-        )
-        if bars:  # print above the live progress bars instead of through them
-            with tqdm.external_write_mode():
-                log(line)
-        else:
-            log(line)
-
-    bars: dict[str, Any] = {}
+    results = _Results(log)
     if workers <= 1:
         for job in jobs:
             log(f"training {job.label} ...")
             try:
                 with torch_threads(1):
                     run = _train_and_evaluate(
-                        recipe,
-                        job.mode,
-                        seed,
-                        output / job.key,
-                        datasets,
-                        progress,
+                        recipe, job.mode, seed, output / job.key, datasets, progress,
                         **job.overrides,
-                    )
+                    )  # fmt: skip
             except ConfigError as err:
                 run = err
-            finished(job, run)
-        return results
+            results.finished(job, run)
+    else:
+        _run_in_workers(recipe, seed, output, jobs, workers, progress, results)
+    return results.runs
 
+
+def _run_in_workers(
+    recipe: DemoRecipe,
+    seed: int,
+    output: Path,
+    jobs: Sequence[Job],
+    workers: int,
+    progress: bool,
+    results: _Results,
+) -> None:
+    """The jobs in spawned single-threaded worker processes, with one progress bar each."""
     context = multiprocessing.get_context("spawn")  # no forked copy of a threaded parent
     ordered = sorted(jobs, key=lambda job: job.mode != "adapt")
-    log(f"training {len(jobs)} models, {workers} at a time (one thread each) ...")
+    results.log(f"training {len(jobs)} models, {workers} at a time (one thread each) ...")
     if progress:
-        bars = {
+        results.bars = {
             job.key: tqdm(
                 total=int({**recipe.train, **job.overrides}["max_steps"]),
                 desc=f"{job.label:<20}",
@@ -186,6 +202,7 @@ def run_jobs(
             )
             for i, job in enumerate(ordered)
         }
+    bars = results.bars
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         updates = manager.Queue()
         futures = {
@@ -207,13 +224,11 @@ def run_jobs(
                 pass
             for future in [f for f in pending if f.done()]:
                 pending.discard(future)
-                job = futures[future]
                 error = future.exception()
-                finished(job, error if error is not None else future.result())
+                results.finished(futures[future], error if error is not None else future.result())
                 if error is not None and not isinstance(error, ConfigError):
                     for other in pending:
                         other.cancel()
                     raise error
     for bar in bars.values():
         bar.close()
-    return results

@@ -156,7 +156,7 @@ class GalleryDistance:
         return x * inv[:, None], None
 
     def _prepare_torch(self, x: Any, which: str) -> tuple[Any, Any]:
-        import torch
+        import torch  # only for tensor inputs: NumPy-only use stays torch-free
 
         x = x.detach()
         other = None if which == "gallery" else self._raw
@@ -186,7 +186,7 @@ class GalleryDistance:
         """
         if self.is_torch != _is_torch(qf):
             if self.is_torch:
-                import torch
+                import torch  # only for tensor inputs: NumPy-only use stays torch-free
 
                 qf = torch.as_tensor(np.asarray(qf))
             else:
@@ -195,7 +195,7 @@ class GalleryDistance:
             qf = np.asarray(qf)
         _check_shapes(tuple(qf.shape), (self.num_gallery, self.dim))
         if self.is_torch:
-            import torch
+            import torch  # only for tensor inputs: NumPy-only use stays torch-free
 
             with torch.no_grad():
                 return self._distances_torch(qf, out)
@@ -233,7 +233,7 @@ class GalleryDistance:
 
     def _l1_numpy(self, q: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
         # torch.cdist has a vectorised L1 kernel; NumPy would need a (b, G, d) temporary.
-        import torch
+        import torch  # only for tensor inputs: NumPy-only use stays torch-free
 
         tq, tg = torch.from_numpy(q), torch.from_numpy(g)
         q_block, g_block = self._l1_blocks(q.shape[0], g.shape[0])
@@ -249,7 +249,7 @@ class GalleryDistance:
         return max(1, min(num_q, _L1_BLOCK_ELEMENTS // g_block)), g_block
 
     def _distances_torch(self, qf: Any, out: Any) -> Any:
-        import torch
+        import torch  # only for tensor inputs: NumPy-only use stays torch-free
 
         q, q_aux = self._prepare(qf, "query")
         g, g_aux = self._g, self._aux
@@ -301,7 +301,7 @@ def pairwise_distance(qf: Any, gf: Any, metric: str = "cosine") -> Any:
     """
     metric = check_metric(metric)
     if _is_torch(qf) and not _is_torch(gf):
-        import torch
+        import torch  # only for tensor inputs: NumPy-only use stays torch-free
 
         gf = torch.as_tensor(np.asarray(gf), device=qf.device)
     if not _is_torch(qf) and not _is_torch(gf):

@@ -83,9 +83,11 @@ def images_arrays(result) -> dict[str, np.ndarray]:
 
 def save_npz_atomic(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
     """``np.savez`` to a temporary file beside ``path``, then rename it over ``path``, so an
-    existing file is never left half-written."""
+    existing file is never left half-written; a full disk, missing permission or read-only
+    file system is a one-line :class:`~crossreid.errors.StorageError`."""
     path = Path(path)
-    with atomic_write(path, "wb", suffix=".npz") as stream:
+    size = sum(np.asarray(array).nbytes for array in arrays.values())
+    with atomic_write(path, "wb", suffix=".npz", expected_size=size) as stream:
         np.savez(stream, **arrays)
     return path
 

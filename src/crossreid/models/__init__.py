@@ -1,7 +1,7 @@
 """The cross-domain re-ID network, its building blocks and its checkpoint format.
 
 ``CrossDomainReID`` is the model (identity encoder, pose encoder, decoder, classifier);
-``load_checkpoint(path)`` rebuilds one from a checkpoint file alone.
+``load_checkpoint(path)`` rebuilds one from a checkpoint file (or run folder) alone.
 """
 
 from crossreid.models.backbones import BACKBONES, build_trunk, imagenet_state_dict
@@ -9,6 +9,7 @@ from crossreid.models.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     build_checkpoint,
+    find_checkpoint,
     link_checkpoint,
     load_checkpoint,
     load_model_state,
@@ -29,6 +30,7 @@ __all__ = [
     "PoseEncoder",
     "build_checkpoint",
     "build_trunk",
+    "find_checkpoint",
     "imagenet_state_dict",
     "load_checkpoint",
     "load_model_state",

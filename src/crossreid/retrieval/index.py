@@ -112,7 +112,7 @@ def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _faiss_metric(metric: str) -> int:
-    import faiss
+    import faiss  # native library, loaded on first index use
 
     return {
         "cosine": faiss.METRIC_INNER_PRODUCT,
@@ -170,7 +170,7 @@ class FeatureIndex:
         ivf.nprobe = min(int(value), int(ivf.nlist))
 
     def _ivf(self) -> Any:
-        import faiss
+        import faiss  # native library, loaded on first index use
 
         return faiss.extract_index_ivf(self.index)
 
@@ -237,7 +237,7 @@ class FeatureIndex:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the index, its metric, dimension and gallery metadata to one ``.npz`` file
         (atomically: a temporary file renamed over ``path``)."""
-        import faiss
+        import faiss  # native library, loaded on first index use
 
         arrays: dict[str, np.ndarray] = {
             "format": np.array(INDEX_FORMAT),
@@ -300,7 +300,7 @@ def build_index(
     Returns:
         A :class:`FeatureIndex`.
     """
-    import faiss
+    import faiss  # native library, loaded on first index use
 
     metric = canonical_metric(metric)
     gallery = _as_matrix(gallery, "gallery features")
@@ -360,7 +360,7 @@ def load_index(
         ConfigError: missing or unreadable file, not a crossreid index, or a metric or
             dimension other than the one asked for.
     """
-    import faiss
+    import faiss  # native library, loaded on first index use
 
     path = Path(path)
     if not path.is_file():

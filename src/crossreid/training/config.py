@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from crossreid.errors import ConfigError
 from crossreid.evaluation.distance import METRICS as DIST_METRICS
 from crossreid.training import terms
@@ -435,8 +437,6 @@ def _coerce_mapping(data: Mapping[str, Any], origin: str) -> dict[str, Any]:
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config file into a mapping of validated field names to coerced values."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -18,11 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
+
+from crossreid.evaluation.rank import RANK_METRICS
+from crossreid.utils.io import append_line, make_folder, write_text_atomic
 
 __all__ = ["METRIC_KEYS", "RunLogger", "read_metrics"]
 
 #: The keys of one ``metrics.jsonl`` line besides ``step``.
-METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+METRIC_KEYS = RANK_METRICS
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict]:
@@ -58,14 +62,13 @@ class RunLogger:
         self._writer = None
         if not enabled:
             return
-        self.output.mkdir(parents=True, exist_ok=True)
+        make_folder(self.output)
         if resume_step is not None:
             kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= resume_step]
-            self.metrics_path.write_text(
-                "".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8"
-            )
+            write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
+        # tensorboard's writer pulls in the tensorboard package (protobuf ...): only for rank 0.
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(
@@ -86,8 +89,6 @@ class RunLogger:
         """Write image grids; each value is ``[B, 3, H, W]`` with values in [0, 1]."""
         if self._writer is None:
             return
-        from torchvision.utils import make_grid
-
         for name, batch in grids.items():
             grid = make_grid(batch.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2)
             self._writer.add_image(f"images/{name}", grid, step)
@@ -97,8 +98,7 @@ class RunLogger:
         record = {"step": int(step), **{k: float(metrics[k]) for k in METRIC_KEYS}}
         if self._writer is None:
             return record
-        with self.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.metrics_path, json.dumps(record))
         self.scalars(step, {k: record[k] for k in METRIC_KEYS}, prefix="eval/")
         self._writer.flush()
         return record

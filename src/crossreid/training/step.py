@@ -88,7 +88,8 @@ class StepTensors:
 
     ``out``: ``id_vec [B+Bt, C]`` and, when needed, ``pose_vec``, ``reconstruction`` and
     ``logits [B, N]`` (see :class:`_StepForward`); ``pids [B]``; ``positive [B]`` (index of
-    each anchor's positive); ``source [B,3,H,W]``; ``target [Bt,3,H,W]`` or ``None``.
+    each anchor's positive); ``source [B,3,H,W]``; ``target [Bt,3,H,W]`` or ``None``; the
+    colour-jittered copies the pose encoder sees.
     """
 
     out: dict[str, torch.Tensor]
@@ -96,6 +97,8 @@ class StepTensors:
     positive: torch.Tensor
     source: torch.Tensor
     target: torch.Tensor | None
+    pose_source: torch.Tensor | None = None
+    pose_target: torch.Tensor | None = None
 
     @property
     def id_vec(self) -> torch.Tensor:
@@ -276,7 +279,7 @@ class TrainingStep:
         Raises :class:`TrainingError` when the loss or the gradient is not finite, before
         the weights are touched.
         """
-        c, dev, timer = self.config, self.device, self.timer
+        c, timer = self.config, self.timer
         self._inner.timer = timer
         seed = step_seed(c.seed, step, self.dist.rank, 0)
         torch.manual_seed(seed)  # dropout and any other global-RNG use in this step
@@ -284,90 +287,112 @@ class TrainingStep:
         positive = positive_permutation(pids, generator)
         if not self.use_target:
             target = None
-
         with timer("data_to_device"):
-            source = source.to(dev, non_blocking=True)
-            pids = pids.to(dev, non_blocking=True)
-            if target is not None:
-                target = target.to(dev, non_blocking=True)
-            if c.channels_last:
-                source = source.contiguous(memory_format=torch.channels_last)
-                if target is not None:
-                    target = target.contiguous(memory_format=torch.channels_last)
-            if target is not None and c.target_style_prob > 0:
-                source = transfer_colour_statistics(
-                    source, target, generator, prob=c.target_style_prob
-                )
-            pose_source = pose_jitter(source, generator) if self.use_pose else source
-            pose_target = (
-                pose_jitter(target, generator) if self.use_pose and target is not None else None
+            batch = self._prepare(source, pids, target, positive, generator)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            batch.out = self.forward_module(
+                batch.source, batch.pose_source, batch.positive, batch.target, batch.pose_target
             )
-            positive_dev = positive.to(dev)
-
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
-            out = self.forward_module(source, pose_source, positive_dev, target, pose_target)
         with timer("losses"):
-            batch = StepTensors(out, pids, positive_dev, source, target)
             terms = {
                 term.name: LOSS_FUNCTIONS[term.name](batch, c)
                 for term in self.terms
-                if not (term.name == "mmd" and target is None)
+                if not (term.name == "mmd" and batch.target is None)
             }
             weights = {term.name: term.weight(c) for term in self.terms}
             total = sum(weights[name] * value for name, value in terms.items())
         with timer("backward_optimizer"):
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(total).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                total.backward()
-            grads = [p.grad for p in self.params if p.grad is not None]
-            grad_norm = (
-                torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=dev)
-            )
-            # One host sync per step for all the numbers the loop reports.
-            values = torch.stack(
-                [
-                    total.detach().float(),
-                    grad_norm.float(),
-                    *(t.detach().float() for t in terms.values()),
-                ]
-            ).tolist()
-            total_value, norm_value = values[0], values[1]
-            if not math.isfinite(total_value) or (
-                self.scaler is None and not math.isfinite(norm_value)
-            ):
-                self.optimizer.zero_grad(set_to_none=True)
-                detail = ", ".join(f"{k}={v:.4g}" for k, v in zip(terms, values[2:], strict=True))
-                what = "loss" if not math.isfinite(total_value) else "gradient norm"
-                raise TrainingError(
-                    f"{what} is not finite at step {step + 1} (total={total_value:.4g}, "
-                    f"grad_norm={norm_value:.4g}; {detail})"
-                )
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.scheduler.step()
+            values = self._update(step, total, terms)
+        losses = {"total": values[0], **dict(zip(terms, values[2:], strict=True))}
+        images = self._image_grids(batch) if keep_images else None
+        return StepOutput(losses, values[1], images)
 
-        losses = {"total": total_value, **dict(zip(terms, values[2:], strict=True))}
-        images = None
-        if keep_images:
-            n = min(8, source.shape[0])
-            images = {
-                "input": denormalize(source[:n].float()),
-                "positive": denormalize(source[positive_dev][:n].float()),
-            }
-            if self.use_pose:
-                images["pose_input"] = denormalize(pose_source[positive_dev][:n].float())
-            if "reconstruction" in out:
-                images["reconstruction"] = denormalize(out["reconstruction"][:n].detach().float())
-                if target is not None:
-                    b = source.shape[0]
-                    images["target_input"] = denormalize(target[:n].float())
-                    images["target_reconstruction"] = denormalize(
-                        out["reconstruction"][b : b + n].detach().float()
-                    )
-        return StepOutput(losses, norm_value, images)
+    def _prepare(
+        self,
+        source: torch.Tensor,
+        pids: torch.Tensor,
+        target: torch.Tensor | None,
+        positive: torch.Tensor,
+        generator: torch.Generator,
+    ) -> StepTensors:
+        """The batch on the device: memory format, target colour transfer, pose jitter."""
+        c, dev = self.config, self.device
+        source = source.to(dev, non_blocking=True)
+        pids = pids.to(dev, non_blocking=True)
+        if target is not None:
+            target = target.to(dev, non_blocking=True)
+        if c.channels_last:
+            source = source.contiguous(memory_format=torch.channels_last)
+            if target is not None:
+                target = target.contiguous(memory_format=torch.channels_last)
+        if target is not None and c.target_style_prob > 0:
+            source = transfer_colour_statistics(source, target, generator, prob=c.target_style_prob)
+        pose_source = pose_jitter(source, generator) if self.use_pose else source
+        pose_target = (
+            pose_jitter(target, generator) if self.use_pose and target is not None else None
+        )
+        return StepTensors({}, pids, positive.to(dev), source, target, pose_source, pose_target)
+
+    def _update(
+        self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]
+    ) -> list[float]:
+        """Backward and optimiser step; returns ``[total, grad_norm, *terms]`` as floats.
+
+        Raises :class:`TrainingError` (weights untouched) on a non-finite loss or gradient.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        )
+        # One host sync per step for all the numbers the loop reports.
+        values = torch.stack(
+            [
+                total.detach().float(),
+                grad_norm.float(),
+                *(t.detach().float() for t in terms.values()),
+            ]
+        ).tolist()
+        total_value, norm_value = values[0], values[1]
+        if not math.isfinite(total_value) or (
+            self.scaler is None and not math.isfinite(norm_value)
+        ):
+            self.optimizer.zero_grad(set_to_none=True)
+            detail = ", ".join(f"{k}={v:.4g}" for k, v in zip(terms, values[2:], strict=True))
+            what = "loss" if not math.isfinite(total_value) else "gradient norm"
+            raise TrainingError(
+                f"{what} is not finite at step {step + 1} (total={total_value:.4g}, "
+                f"grad_norm={norm_value:.4g}; {detail})"
+            )
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return values
+
+    def _image_grids(self, batch: StepTensors) -> dict[str, torch.Tensor]:
+        """Input, positive, pose input and reconstructions of the first 8 images (TensorBoard)."""
+        source, target, out, positive = batch.source, batch.target, batch.out, batch.positive
+        n = min(8, source.shape[0])
+        images = {
+            "input": denormalize(source[:n].float()),
+            "positive": denormalize(source[positive][:n].float()),
+        }
+        if self.use_pose:
+            images["pose_input"] = denormalize(batch.pose_source[positive][:n].float())
+        if "reconstruction" in out:
+            images["reconstruction"] = denormalize(out["reconstruction"][:n].detach().float())
+            if target is not None:
+                b = source.shape[0]
+                images["target_input"] = denormalize(target[:n].float())
+                images["target_reconstruction"] = denormalize(
+                    out["reconstruction"][b : b + n].detach().float()
+                )
+        return images

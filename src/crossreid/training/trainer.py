@@ -68,7 +68,7 @@ from crossreid.utils.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from crossreid.utils.io import atomic_write
+from crossreid.utils.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -354,8 +354,9 @@ def run_loop(
         state.output, enabled=is_main, resume_step=state.start_step if state.resumed else None
     )
     if is_main:
-        with atomic_write(state.output / "config.yaml", "w") as stream:
-            yaml.safe_dump(config.to_dict(), stream, sort_keys=False)
+        write_text_atomic(
+            state.output / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False)
+        )
     if progress and is_main:
         state.bar = tqdm(
             total=config.max_steps,

@@ -34,6 +34,9 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from crossreid.data.base import ImageRecord, ReIDDataset, relabel
 from crossreid.data.datasets._common import (
     build_market_layout,
@@ -131,7 +134,7 @@ def build(
 
 
 def _open_mat(mat_path: Path):
-    import h5py
+    import h5py  # only for the raw .mat release (HDF5)
 
     try:
         return h5py.File(mat_path, "r")
@@ -192,8 +195,6 @@ def extract_images(mat_path: Path, subset: str) -> tuple[Path, list[tuple[int, i
 
 
 def _write_pngs(mat, pending, image_dir: Path) -> None:
-    from PIL import Image
-
     try:
         image_dir.mkdir(parents=True, exist_ok=True)
         for img_ref, name in pending:
@@ -265,8 +266,7 @@ def load_new_protocol_config(path: Path) -> dict:
     ``filelist`` becomes a list of str; ``train_idx``/``query_idx``/``gallery_idx`` are
     converted to 0-based int arrays; ``labels`` is an int array of global pids.
     """
-    import numpy as np
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # scipy.io: only for the raw .mat release
 
     try:
         raw = loadmat(path)

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from PIL import Image
+
 _DONE_MARKER = ".replica-complete"
 
 
@@ -29,8 +31,6 @@ def tiny_jpeg(
     size: tuple[int, int] = (8, 16), color: tuple[int, int, int] = (128, 96, 64)
 ) -> bytes:
     """Bytes of a small uniform JPEG (``size`` is width x height)."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="JPEG")
     return buffer.getvalue()

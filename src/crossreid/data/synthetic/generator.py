@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
 from crossreid.data.synthetic.people import Identity, Pose, draw_person, ellipse, sample_identity
 from crossreid.data.synthetic.styles import (
@@ -39,11 +40,14 @@ from crossreid.data.synthetic.styles import (
     sample_camera_style,
 )
 from crossreid.errors import ConfigError, DatasetError
+from crossreid.utils.io import make_folder, storage_error
 
 #: Bumped whenever the images a config produces change, so stale caches are not reused.
 GENERATOR_VERSION = 3
 
 META_FILE = "meta.json"
+#: Ending of the folder a domain is generated into before it is renamed into place.
+TEMP_SUFFIX = ".tmp"
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 # Seed streams: one per kind of random decision.
@@ -417,6 +421,8 @@ def generate_domain(
 
     Raises:
         DatasetError: ``out_dir`` is a non-empty folder that is not a generated dataset.
+        StorageError: no space (with the size needed), permission or read-only file
+            system; nothing is left behind but what ``out_dir`` held before.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -428,20 +434,37 @@ def generate_domain(
                 f"refusing to write synthetic data into {out_dir}: it exists and is not an "
                 "empty folder or a previous synthetic dataset"
             )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    make_folder(out_dir.parent)
     try:
-        meta = _write_tree(config, tmp, progress)
-        os.chmod(tmp, 0o755)
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=TEMP_SUFFIX, dir=out_dir.parent)
+        )
+    except OSError as exc:
+        raise (storage_error(exc, out_dir, folder=True) or exc) from None
+    try:
+        try:
+            meta = _write_tree(config, tmp, progress)
+            os.chmod(tmp, 0o755)
+        except OSError as exc:
+            error = storage_error(exc, out_dir, needed=_estimated_size(config, tmp))
+            if error is None:
+                raise
+            raise error from None
         return _move_into_place(tmp, out_dir, meta, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_tree(config: SyntheticConfig, root: Path, progress: bool) -> dict:
-    from tqdm import tqdm
+def _estimated_size(config: SyntheticConfig, partial: Path) -> int | None:
+    """Bytes the whole dataset needs, extrapolated from the images written so far."""
+    sizes = [p.stat().st_size for p in partial.rglob("*.jpg") if p.is_file()]
+    if not sizes:
+        return None
+    return sum(sizes) * len(plan_split(config).jobs) // len(sizes)
 
+
+def _write_tree(config: SyntheticConfig, root: Path, progress: bool) -> dict:
     plan = plan_split(config)
     renderer = DomainRenderer(config)
     for folder in SPLIT_DIRS.values():
@@ -466,15 +489,21 @@ def _move_into_place(tmp: Path, out_dir: Path, meta: dict, overwrite: bool) -> d
     try:
         os.rename(tmp, out_dir)  # atomic; fails if out_dir appeared and is not empty
         return meta
-    except OSError:
+    except OSError as exc:
+        error = storage_error(exc, out_dir)
+        if error is not None:
+            raise error from None
         if not overwrite:
             existing = read_meta(out_dir)
             if existing is not None:  # another process won the race: use its result
                 return existing
             raise DatasetError(f"could not move generated data into {out_dir}") from None
     trash = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex}"
-    os.rename(out_dir, trash)
-    os.rename(tmp, out_dir)
+    try:
+        os.rename(out_dir, trash)
+        os.rename(tmp, out_dir)
+    except OSError as exc:
+        raise (storage_error(exc, out_dir) or exc) from None
     shutil.rmtree(trash, ignore_errors=True)
     return meta
 
