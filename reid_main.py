@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crossreid.cli.train import FLAG_ALIASES, add_config_arguments, given_options
-from crossreid.errors import ConfigError, CrossReIDError
+from crossreid.errors import ConfigError, CrossReIDError, TrainingInterrupted
 
 PROG = "reid_main.py"
 SEED_DATASETS = ("CUHK03", "Duke", "Market", "MSMT17_V1")
@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rank > config.max_rank:
             raise ConfigError(f"--rank {args.rank} is beyond --max_rank {config.max_rank}")
         result = train(config, progress=not args.no_progress)
+    except TrainingInterrupted as err:  # preempted: saved, and says how to resume
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return err.exit_code
     except CrossReIDError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

@@ -36,3 +36,16 @@ class TrainingError(CrossReIDError, RuntimeError):
 class StorageError(CrossReIDError, OSError):
     """A file or folder cannot be written: no space left, no permission, read-only file
     system, quota or file size limit. ``errno`` holds the underlying error number."""
+
+
+class TrainingInterrupted(CrossReIDError):
+    """Training stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving ``last.pt``.
+
+    ``exit_code`` is the shell's convention for a process ended by that signal (128 + its
+    number: 143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1), so job schedulers see the run
+    as preempted rather than failed; the message says how to resume.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

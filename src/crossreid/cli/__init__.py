@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from crossreid import __version__
-from crossreid.errors import CrossReIDError
+from crossreid.errors import CrossReIDError, TrainingInterrupted
 
 # Order in which subcommands are listed by ``crossreid --help``; modules of this package
 # not named here are listed after these, alphabetically.
@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as err:  # preempted: saved, and says how to resume
+        print(f"crossreid {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except CrossReIDError as err:
         print(f"crossreid {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -41,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crossreid.data.loaders import build_source_loader, build_target_loader, infinite_batches
-from crossreid.errors import CheckpointError, TrainingError
+from crossreid.errors import CheckpointError, TrainingError, TrainingInterrupted
 from crossreid.evaluation.pipeline import evaluate_model
 from crossreid.models import CrossDomainReID
 from crossreid.models.checkpoint import (
@@ -56,6 +57,7 @@ from crossreid.models.checkpoint import (
 from crossreid.training.config import TrainConfig, build_config, load_config_file
 from crossreid.training.data import TrainingData, load_training_data
 from crossreid.training.optim import build_optimizer, freeze_unused_parts
+from crossreid.training.preemption import stop_requests
 from crossreid.training.rng import capture_rng, restore_rng
 from crossreid.training.run_logger import RunLogger
 from crossreid.training.schedule import LRSchedule, build_scheduler
@@ -373,17 +375,22 @@ def run_loop(
     )
     state.model.train()
     try:
-        while state.step < config.max_steps:
-            _one_step(state, source, target)
-            if step_callback is not None:
-                step_callback(state.step, config.max_steps)
-            evaluate = state.step % config.eval_every == 0 or state.step == config.max_steps
-            save = state.step % config.effective_save_every == 0 or state.step == config.max_steps
-            if evaluate or save:
-                evaluate_and_save(state, evaluate=evaluate, save=save)
-        if not state.final_metrics and is_main:  # resumed at or past max_steps: evaluate anyway
-            evaluate_and_save(state, evaluate=True, save=not state.last_path.is_file())
-    except KeyboardInterrupt:
+        with stop_requests() as stop:
+            while state.step < config.max_steps:
+                _one_step(state, source, target)
+                if step_callback is not None:
+                    step_callback(state.step, config.max_steps)
+                evaluate = state.step % config.eval_every == 0 or state.step == config.max_steps
+                save = (
+                    state.step % config.effective_save_every == 0 or state.step == config.max_steps
+                )
+                if evaluate or save:
+                    evaluate_and_save(state, evaluate=evaluate, save=save)
+                if stop.agreed(state.dist, state.device):
+                    _stop(state, stop.signal, saved=save)
+            if not state.final_metrics and is_main:  # resumed at or past max_steps: evaluate
+                evaluate_and_save(state, evaluate=True, save=not state.last_path.is_file())
+    except KeyboardInterrupt:  # outside the main thread no handler catches Ctrl-C
         if is_main and state.step > state.start_step:
             save_checkpoint(state.last_path, checkpoint_payload(state))
             logger.warning("interrupted: saved %s at step %d", state.last_path, state.step)
@@ -392,6 +399,19 @@ def run_loop(
         if state.bar is not None:
             state.bar.close()
         state.run_logger.close()
+
+
+def _stop(state: RunState, received: signal.Signals, *, saved: bool) -> None:
+    """After a stop signal: ``last.pt`` of the step just finished, then
+    :class:`TrainingInterrupted` saying how to resume (exit code 128 + the signal)."""
+    if state.dist.is_main and not saved:
+        save_checkpoint(state.last_path, checkpoint_payload(state))
+    barrier(state.dist)
+    raise TrainingInterrupted(
+        f"stopped by {received.name} after step {state.step} of {state.config.max_steps}; "
+        f"saved {state.last_path}; continue with: crossreid train --resume {state.output}",
+        exit_code=128 + int(received),
+    )
 
 
 def _one_step(state: RunState, source: Iterator, target: Iterator | None) -> None:
