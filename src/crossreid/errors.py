@@ -21,6 +21,11 @@ class EvaluationError(CrossReIDError, ValueError):
     """Inconsistent or invalid inputs to distance computation or ranking metrics."""
 
 
+class ClusteringError(CrossReIDError, ValueError):
+    """Invalid inputs to the clustering distance or pseudo-labelling, or a clustering that
+    gives no usable pseudo-labels (every sample an outlier, fewer than two clusters)."""
+
+
 class ConfigError(CrossReIDError, ValueError):
     """An invalid option, option combination or configuration file."""
 

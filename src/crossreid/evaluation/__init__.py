@@ -1,5 +1,6 @@
 """Re-ID evaluation: distances, ranking metrics (CMC, mAP, mINP), re-ranking, and the
-pipeline that evaluates a model on a query/gallery split.
+clustering distance and pseudo-labels of self-training, and the pipeline that evaluates a
+model on a query/gallery split.
 
 Example::
 
@@ -7,12 +8,18 @@ Example::
     dist = pairwise_distance(qf, gf, metric="cosine")
     r = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, max_rank=50)
     print(r.rank(1), r.mAP, r.mINP)
+
+    from crossreid.evaluation import jaccard_distance, cluster_pseudo_labels, estimate_eps
+    dist = jaccard_distance(train_features, k1=30, k2=6)  # sparse [N, N]
+    pseudo = cluster_pseudo_labels(dist, eps=estimate_eps(dist), min_samples=4)
 """
 
 from typing import TYPE_CHECKING, Any
 
+from crossreid.evaluation.clustering import PseudoLabels, cluster_pseudo_labels, estimate_eps
 from crossreid.evaluation.distance import METRICS, pairwise_distance
 from crossreid.evaluation.features import evaluate_features
+from crossreid.evaluation.jaccard import jaccard_distance
 from crossreid.evaluation.rank import PROTOCOLS, RANK_METRICS, RankResult, evaluate_rank
 from crossreid.evaluation.rerank import re_ranking
 
@@ -24,11 +31,15 @@ __all__ = [
     "PROTOCOLS",
     "RANK_METRICS",
     "ModelEvaluation",
+    "PseudoLabels",
     "RankResult",
+    "cluster_pseudo_labels",
+    "estimate_eps",
     "evaluate_arrays",
     "evaluate_features",
     "evaluate_model",
     "evaluate_rank",
+    "jaccard_distance",
     "pairwise_distance",
     "re_ranking",
 ]

@@ -12,7 +12,10 @@ only ever looks at a row's few nearest neighbours, so this implementation:
 * computes the Jaccard distance for the Q x G block only, by summing ``min(V_ik, V_jk)``
   over the columns ``k`` a query and a gallery item share, one query block at a time.
 
-The only dense output-sized array is the Q x G float32 result. Results equal the
+The encoding steps live in :mod:`crossreid.evaluation.kreciprocal`, shared with
+:func:`crossreid.evaluation.jaccard_distance`; this module supplies the neighbour table
+and distances read from the three blocks. The only dense output-sized array is the
+Q x G float32 result. Results equal the
 original algorithm (to float32 rounding of sums) when equal distances are ranked by item
 index, i.e. the original run with a stable sort.
 
@@ -33,6 +36,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from crossreid.errors import EvaluationError
+from crossreid.evaluation.kreciprocal import (
+    MinSumIndex,
+    encode,
+    expand_queries,
+    jaccard_from_min_sum,
+    reciprocal_table,
+)
 
 __all__ = ["re_ranking"]
 
@@ -80,11 +90,11 @@ def re_ranking(
     width_k2 = min(k2, n)
     ranks = _nearest_neighbours(blocks, max(width_k1, width_k2))
 
-    reciprocal = _reciprocal_table(ranks[:, :width_k1])
-    reciprocal_half = _reciprocal_table(ranks[:, :width_half])
-    V = _encode(blocks, reciprocal, reciprocal_half)
+    reciprocal = reciprocal_table(ranks[:, :width_k1])
+    reciprocal_half = reciprocal_table(ranks[:, :width_half])
+    V = encode(reciprocal, reciprocal_half, blocks.normalised_at)
     if k2 != 1:
-        V = _expand_queries(V, ranks[:, :width_k2])
+        V = expand_queries(V, ranks[:, :width_k2])
     del ranks, reciprocal, reciprocal_half
     return _blend(blocks, V, lambda_value)
 
@@ -263,150 +273,19 @@ def _nearest_neighbours(blocks: _DistanceBlocks, width: int) -> np.ndarray:
     return ranks
 
 
-def _reciprocal_table(ranks: np.ndarray) -> np.ndarray:
-    """k-reciprocal neighbours of every item, ``[N, k]`` with -1 where not reciprocal.
-
-    Item ``ranks[i, r]`` is kept when ``i`` is among its own ``k`` nearest (the rows of
-    ``ranks``), which is the original's forward/backward test.
-    """
-    n, width = ranks.shape
-    table = np.full((n, width), -1, dtype=np.int64)
-    items = np.arange(n)
-    for start in range(0, n, _ROW_BLOCK * 8):
-        stop = min(start + _ROW_BLOCK * 8, n)
-        forward = ranks[start:stop]
-        backward = ranks[forward]  # [rows, width, width]
-        holds_self = (backward == items[start:stop, None, None]).any(axis=2)
-        table[start:stop] = np.where(holds_self, forward, -1)
-    return table
-
-
-def _encode(
-    blocks: _DistanceBlocks, reciprocal: np.ndarray, reciprocal_half: np.ndarray
-) -> sp.csr_matrix:
-    """The k-reciprocal feature ``V`` (``[N, N]`` CSR, float32), rows summing to one.
-
-    A reciprocal neighbour's own (k1/2)-reciprocal set is merged into a row's set when
-    more than two thirds of it already lies in the row's k1-reciprocal set.
-    """
-    n = blocks.n
-    row_parts, col_parts = [], []
-    step = max(1, 2_000_000 // max(1, reciprocal.shape[1] ** 2 * reciprocal_half.shape[1]))
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        own = reciprocal[start:stop]  # [b, k1w]
-        candidate_sets = reciprocal_half[np.maximum(own, 0)]  # [b, k1w, hw]
-        valid = (own >= 0)[:, :, None] & (candidate_sets >= 0)
-        in_own = (candidate_sets[..., None] == own[:, None, None, :]).any(axis=3) & valid
-        shared = in_own.sum(axis=2)
-        size = valid.sum(axis=2)
-        accepted = (own >= 0) & (shared > 2.0 / 3 * size)
-        merged = np.where(accepted[:, :, None] & valid, candidate_sets, -1)
-        members = np.concatenate([own, merged.reshape(stop - start, -1)], axis=1)
-        members.sort(axis=1)
-        keep = members >= 0
-        keep[:, 1:] &= members[:, 1:] != members[:, :-1]
-        local_rows, positions = np.nonzero(keep)
-        row_parts.append(local_rows + start)
-        col_parts.append(members[local_rows, positions])
-    rows = np.concatenate(row_parts)
-    cols = np.concatenate(col_parts)
-
-    weight = np.exp(-blocks.normalised_at(rows, cols))
-    counts = np.bincount(rows, minlength=n)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    # A row can be empty (an item outside its own k1+1 nearest, with no reciprocal
-    # neighbour); the original leaves such a row at zero, and so does this.
-    row_sums = np.bincount(rows, weights=weight, minlength=n).astype(np.float32)
-    data = weight / row_sums[rows]
-    return sp.csr_matrix((data.astype(np.float32), cols, indptr), shape=(n, n))
-
-
-def _expand_queries(V: sp.csr_matrix, ranks_k2: np.ndarray) -> sp.csr_matrix:
-    """Local query expansion: row ``i`` becomes the mean of the rows of its k2 nearest."""
-    n, width = ranks_k2.shape
-    selector = sp.csr_matrix(
-        (
-            np.ones(n * width, dtype=np.float32),
-            ranks_k2.ravel(),
-            np.arange(0, n * width + 1, width),
-        ),
-        shape=(n, n),
-    )
-    expanded = (selector @ V).tocsr()
-    expanded.data /= np.float32(width)
-    expanded.sort_indices()
-    return expanded
-
-
 def _blend(blocks: _DistanceBlocks, V: sp.csr_matrix, lambda_value: float) -> np.ndarray:
-    """``(1 - lambda) * jaccard + lambda * original`` for the query x gallery block.
-
-    ``sum_k min(V_ik, V_jk)`` only has terms where query ``i`` and gallery item ``j`` are
-    both nonzero in column ``k``; those pairs are enumerated through a column-major view
-    of the gallery rows (the inverted index) and accumulated with ``bincount``.
-    """
-    nq, ng = blocks.num_query, blocks.num_gallery
-    queries = V[:nq].tocsr()
-    gallery_by_column = V[nq:].tocsc()
-    column_start = gallery_by_column.indptr[:-1]
-    column_count = np.diff(gallery_by_column.indptr)
-
-    # Pairs each query generates, to size query blocks within the pair budget.
-    pairs_per_query = np.add.reduceat(
-        np.append(column_count[queries.indices], 0), queries.indptr[:-1]
-    )
-    pairs_per_query[np.diff(queries.indptr) == 0] = 0
-
-    result = np.empty((nq, ng), dtype=np.float32)
-    start = 0
-    while start < nq:
-        stop = start + 1
-        budget = pairs_per_query[start]
-        while stop < nq and stop - start < 2048 and budget + pairs_per_query[stop] <= _PAIR_BUDGET:
-            budget += pairs_per_query[stop]
-            stop += 1
-        min_sum = _min_sum(queries, gallery_by_column, column_start, column_count, start, stop)
+    """``(1 - lambda) * jaccard + lambda * original`` for the query x gallery block."""
+    nq = blocks.num_query
+    index = MinSumIndex(V[:nq], V[nq:])
+    result = np.empty((nq, blocks.num_gallery), dtype=np.float32)
+    for start, stop in index.row_blocks(_PAIR_BUDGET, max_rows=2048):
         # In place, with the original's float32 operations in the original's order:
         # (1 - m / (2 - m)) * (1 - lambda) + (q_g**2 / row_max) * lambda.
-        original = np.empty_like(min_sum)
+        jaccard = jaccard_from_min_sum(index.block(start, stop))
+        original = np.empty_like(jaccard)
         _square(blocks.q_g[start:stop], original)
         original /= blocks.row_max[start:stop, None]
         original *= lambda_value
-        np.divide(min_sum, 2.0 - min_sum, out=min_sum)
-        np.subtract(1, min_sum, out=min_sum)
-        min_sum *= 1 - lambda_value
-        np.add(min_sum, original, out=result[start:stop])
-        start = stop
+        jaccard *= 1 - lambda_value
+        np.add(jaccard, original, out=result[start:stop])
     return result
-
-
-def _min_sum(
-    queries: sp.csr_matrix,
-    gallery_by_column: sp.csc_matrix,
-    column_start: np.ndarray,
-    column_count: np.ndarray,
-    start: int,
-    stop: int,
-) -> np.ndarray:
-    """``sum_k min(V_ik, V_jk)`` for queries ``[start, stop)`` and all gallery items, float32."""
-    ng = gallery_by_column.shape[0]
-    lo, hi = queries.indptr[start], queries.indptr[stop]
-    columns = queries.indices[lo:hi]
-    values = queries.data[lo:hi]
-    query_of_entry = np.repeat(np.arange(stop - start), np.diff(queries.indptr[start : stop + 1]))
-
-    repeats = column_count[columns]
-    total = int(repeats.sum())
-    if total == 0:
-        return np.zeros((stop - start, ng), dtype=np.float32)
-    # Position of every (query entry, gallery entry) pair inside the CSC arrays.
-    entry_of_pair = np.repeat(np.arange(columns.size), repeats)
-    offsets = np.arange(total) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-    positions = column_start[columns][entry_of_pair] + offsets
-    gallery = gallery_by_column.indices[positions]
-    contribution = np.minimum(values[entry_of_pair], gallery_by_column.data[positions])
-    target = query_of_entry[entry_of_pair] * ng + gallery
-    summed = np.bincount(target, weights=contribution, minlength=(stop - start) * ng)
-    return summed.astype(np.float32).reshape(stop - start, ng)

@@ -1,0 +1,281 @@
+"""The k-reciprocal Jaccard distance used to cluster unlabelled features (SpCL, Cluster Contrast).
+
+SpCL's ``compute_jaccard_distance`` (and Cluster Contrast's copy of it) encodes every
+training feature by its k-reciprocal neighbourhood, as re-ranking does, and returns the
+N x N Jaccard distance between the encodings, which DBSCAN then clusters. The published
+code keeps three dense N x N float32 arrays (12 GB at MSMT17's 32,621 training images)
+and loops over N in Python. Here:
+
+* the k1 nearest neighbours come from an exact faiss search (inner product of the
+  L2-normalised features; on the GPU when the features are a CUDA tensor and faiss was
+  built with GPU support), ``[N, k1]``;
+* the encoding and query expansion are the sparse steps shared with
+  :func:`crossreid.evaluation.re_ranking` (:mod:`crossreid.evaluation.kreciprocal`);
+* the distance is computed only for pairs whose encodings share a column and returned as
+  a sparse matrix: every other pair is at distance exactly 1 and is not stored.
+
+Memory is O(N * k) besides the features. Results equal the published algorithm (to
+float32 rounding of sums) when equal similarities are ranked by item index.
+
+Example:
+    >>> from crossreid.evaluation import jaccard_distance, cluster_pseudo_labels
+    >>> dist = jaccard_distance(features, k1=30, k2=6)  # doctest: +SKIP
+    >>> pseudo = cluster_pseudo_labels(dist, eps=0.6)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from crossreid.errors import ClusteringError
+from crossreid.evaluation.kreciprocal import (
+    MinSumIndex,
+    encode,
+    expand_queries,
+    jaccard_from_min_sum,
+    reciprocal_table,
+)
+
+__all__ = ["jaccard_distance"]
+
+logger = logging.getLogger(__name__)
+# faiss announces at INFO which CPU build it loads; that is noise on the command line.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+# How far a squared row norm may be from 1 and still count as L2-normalised (float16
+# features normalised before the cast are well inside it; unnormalised ones are not).
+_NORM_TOLERANCE = 1e-2
+# Feature pairs gathered at once for the encoding weights: 4,096 pairs x 2 rows x 2048
+# x 4 bytes is 64 MiB at d = 2048, large enough to amortise NumPy call overhead.
+_PAIR_CHUNK = 4096
+# Pairs looked up among the k1 nearest at once ([pairs, k1] booleans: 2 MB at k1 = 30).
+_LOOKUP_CHUNK = 65_536
+# (row entry, column entry) pairs expanded at once in the min-sum step (~40 bytes each).
+_PAIR_BUDGET = 4_000_000
+# Cells of the dense [rows, N] min-sum block (float64 while summing: 32 MiB), so a
+# block is about 128 rows at N = 32,621.
+_CELL_BUDGET = 1 << 22
+# faiss' GPU k-selection handles at most this many neighbours.
+_GPU_MAX_K = 2048
+
+
+def jaccard_distance(features: Any, k1: int = 30, k2: int = 6) -> sp.csr_matrix:
+    """Sparse k-reciprocal Jaccard distance between all pairs of features.
+
+    Args:
+        features: ``[N, d]`` NumPy array or torch tensor, rows L2-normalised (float16,
+            float32 or float64; searched as float32).
+        k1: neighbours searched per item, itself included (the reciprocal neighbourhood;
+            30 in SpCL / Cluster Contrast). Needs ``N >= k1``.
+        k2: neighbours averaged in local query expansion, itself included (6; 1 switches
+            query expansion off). A ``k2`` above ``k1`` acts as ``k1``, as in the original.
+
+    Returns:
+        ``[N, N]`` ``scipy.sparse.csr_matrix`` of float32 distances in ``[0, 1)``, sorted
+        column indices, holding exactly the pairs at distance below 1. Zero distances
+        (the diagonal, duplicates) are stored explicitly; pairs not stored are at
+        distance 1. Symmetric up to float32 rounding of sums.
+
+    Raises:
+        ClusteringError: on a non-2-D or empty array, NaN/inf values, rows that are not
+            L2-normalised, ``k1``/``k2`` not integers >= 1, or fewer than ``k1`` points.
+    """
+    _check_parameters(k1, k2)
+    array, gpu_device = _as_features(features)
+    n = array.shape[0]
+    if n < k1:
+        raise ClusteringError(
+            f"jaccard_distance: k1={k1} neighbours need at least {k1} points, got {n} (lower k1)"
+        )
+    similarity, ranks = _nearest_neighbours(array, k1, gpu_device)
+
+    # The original slices initial_rank[i, :k + 1] from a k1-column table, so the k1
+    # neighbourhood is k1 wide (not k1 + 1) and the half one round(k1 / 2) + 1.
+    half_width = min(int(np.around(k1 / 2.0)) + 1, k1)
+    reciprocal = reciprocal_table(ranks)
+    reciprocal_half = reciprocal_table(ranks[:, :half_width])
+    V = encode(reciprocal, reciprocal_half, _pair_distance(array, ranks, similarity))
+    del reciprocal, reciprocal_half, similarity
+    if k2 != 1:
+        V = expand_queries(V, ranks[:, : min(k2, k1)])
+    del ranks
+    return _sparse_jaccard(V)
+
+
+def _check_parameters(k1: Any, k2: Any) -> None:
+    for name, value in (("k1", k1), ("k2", k2)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ClusteringError(
+                f"jaccard_distance: {name} must be an integer >= 1, got {value!r}"
+            )
+
+
+def _as_features(features: Any) -> tuple[np.ndarray, int | None]:
+    """``features`` as a C-contiguous float32 ``[N, d]`` array, and the CUDA device index
+    to search on (None for the CPU)."""
+    gpu_device = None
+    if hasattr(features, "detach") and hasattr(features, "cpu"):  # torch, without importing it
+        features = features.detach()
+        if not features.is_floating_point():
+            raise ClusteringError(
+                f"jaccard_distance: features must be floating point, got {features.dtype}"
+            )
+        if features.is_cuda and _faiss_has_gpu():
+            gpu_device = features.device.index or 0
+        # float() first: NumPy has no bfloat16.
+        features = features.float().cpu().numpy()
+    array = np.asarray(features)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ClusteringError(
+            f"jaccard_distance: features must be a non-empty [N, d] array, got shape {array.shape}"
+        )
+    if array.dtype.kind != "f":
+        raise ClusteringError(
+            f"jaccard_distance: features must be floating point, got dtype {array.dtype}"
+        )
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    # One pass finds both faults: a NaN or inf makes its row's squared norm non-finite.
+    with np.errstate(over="ignore", invalid="ignore"):
+        squared_norms = np.einsum("ij,ij->i", array, array)
+    bad = np.flatnonzero(~np.isfinite(squared_norms))
+    if bad.size and not np.isfinite(array[bad[0]]).all():
+        raise ClusteringError(
+            f"jaccard_distance: features contain NaN or inf ({bad.size} rows, first row {bad[0]})"
+        )
+    off = np.flatnonzero(~(np.abs(squared_norms - 1.0) <= _NORM_TOLERANCE))
+    if off.size:
+        raise ClusteringError(
+            f"jaccard_distance: feature rows must be L2-normalised; {off.size} are not "
+            f"(row {off[0]} has norm {float(np.sqrt(squared_norms[off[0]])):.4g})"
+        )
+    return array, gpu_device
+
+
+def _faiss_has_gpu() -> bool:
+    import faiss
+
+    return hasattr(faiss, "GpuIndexFlatIP") and faiss.get_num_gpus() > 0
+
+
+def _flat_index(features: np.ndarray, gpu_device: int | None) -> Any:
+    """An exact inner-product faiss index over ``features`` (on the GPU if given one)."""
+    import faiss
+
+    if gpu_device is None:
+        index = faiss.IndexFlatIP(features.shape[1])
+    else:
+        config = faiss.GpuIndexFlatConfig()
+        config.device = gpu_device
+        resources = faiss.StandardGpuResources()
+        index = faiss.GpuIndexFlatIP(resources, features.shape[1], config)
+        index.crossreid_resources = resources  # the index must not outlive its resources
+    index.add(features)
+    return index
+
+
+def _sort_rows(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ordered by (score descending, id ascending)."""
+    order = np.lexsort((ids, -scores), axis=1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _nearest_neighbours(
+    features: np.ndarray, k1: int, gpu_device: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k1`` most similar items of every item: similarities ``[N, k1]`` float32 and
+    indices ``[N, k1]`` int64, most similar first, equal similarities in ascending index
+    (the first ``k1`` of a stable sort).
+
+    One extra neighbour is searched: where the k1-th and (k1+1)-th similarities are equal,
+    faiss may have kept any of the tied items, so that row is searched again over all
+    items and cut after a stable sort (exact duplicates do this; rare otherwise).
+    """
+    n = features.shape[0]
+    extra = 1 if k1 < n else 0
+    if gpu_device is not None and k1 + extra > _GPU_MAX_K:
+        gpu_device = None
+    index = _flat_index(features, gpu_device)
+    scores, ids = _sort_rows(*index.search(features, k1 + extra))
+    if extra:
+        tied = np.flatnonzero(scores[:, k1 - 1] == scores[:, k1])
+        if tied.size:
+            logger.debug("jaccard_distance: %d rows tied at the k1-th neighbour", tied.size)
+            full_index = index if gpu_device is None else _flat_index(features, None)
+            rows_per_call = max(1, (1 << 24) // n)
+            for start in range(0, tied.size, rows_per_call):
+                rows = tied[start : start + rows_per_call]
+                all_scores, all_ids = _sort_rows(*full_index.search(features[rows], n))
+                scores[rows], ids[rows] = all_scores[:, : k1 + 1], all_ids[:, : k1 + 1]
+    return scores[:, :k1], ids[:, :k1].astype(np.int64, copy=False)
+
+
+def _pair_distance(
+    features: np.ndarray, ranks: np.ndarray, similarity: np.ndarray
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``distance(rows, cols)``: ``2 - 2 f_rows . f_cols`` (the squared Euclidean distance of
+    unit vectors) as float32, the quantity the original's encoding weights use.
+
+    Most pairs of an expanded set (about three in four at k1 = 30) are among the row's
+    k1 nearest, whose similarity the search already gave; only the others gather the two
+    feature rows, which at d = 2048 is the slow part (16 KB per pair).
+    """
+
+    def distance(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        dot = np.empty(rows.size, dtype=np.float32)
+        for start in range(0, rows.size, _LOOKUP_CHUNK):
+            row, col = rows[start : start + _LOOKUP_CHUNK], cols[start : start + _LOOKUP_CHUNK]
+            match = ranks[row] == col[:, None]  # [pairs, k1]
+            position = match.argmax(axis=1)
+            part = similarity[row, position]
+            missing = np.flatnonzero(~match[np.arange(row.size), position])
+            for first in range(0, missing.size, _PAIR_CHUNK):
+                gather = missing[first : first + _PAIR_CHUNK]
+                part[gather] = np.einsum("ij,ij->i", features[row[gather]], features[col[gather]])
+            dot[start : start + _LOOKUP_CHUNK] = part
+        return np.float32(2) - np.float32(2) * dot
+
+    return distance
+
+
+def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
+    """``1 - m / (2 - m)`` for every pair with ``m = sum_k min(V_ik, V_jk) > 0``, as CSR.
+
+    Rows are done in blocks whose dense ``[rows, N]`` min-sum stays within
+    ``_CELL_BUDGET`` cells; only the entries below 1 are kept from each. The output
+    arrays are allocated at an upper bound on their size (one entry per pair a row
+    generates, at most N) and shrunk in place at the end: pages never written are never
+    committed, so memory follows the entries actually stored, with no final copy.
+    """
+    n = V.shape[0]
+    index = MinSumIndex(V, V)
+    capacity = int(np.minimum(index.pairs_per_row(), n).sum())
+    index_dtype = np.int32 if max(n, capacity) < 2**31 else np.int64
+    indices = np.empty(capacity, dtype=index_dtype)
+    data = np.empty(capacity, dtype=np.float32)
+    row_counts = np.zeros(n, dtype=np.int64)
+    filled = 0
+    for start, stop in index.row_blocks(_PAIR_BUDGET, max_rows=max(1, _CELL_BUDGET // n)):
+        sums = index.block_sums(start, stop)
+        flat = np.flatnonzero(sums > 0)
+        distance = jaccard_from_min_sum(sums[flat].astype(np.float32))
+        del sums
+        # Rounding can push a self-distance just below zero; the original clips it.
+        np.maximum(distance, 0, out=distance)
+        below_one = distance < 1
+        local_rows, cols = np.divmod(flat[below_one], n)
+        stored = cols.size
+        indices[filled : filled + stored] = cols
+        data[filled : filled + stored] = distance[below_one]
+        row_counts[start:stop] = np.bincount(local_rows, minlength=stop - start)
+        filled += stored
+    indices.resize(filled, refcheck=False)
+    data.resize(filled, refcheck=False)
+    indptr = np.zeros(n + 1, dtype=index_dtype)
+    np.cumsum(row_counts, out=indptr[1:])
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
