@@ -119,8 +119,10 @@ def estimate_eps(jaccard: Any, rho: float = MMT_RHO) -> float:
 
     The pairs are the ``N (N - 1) / 2`` of the upper triangle (the diagonal excluded);
     pairs not stored count as distance 1. The smallest ``round(rho * N (N - 1) / 2)`` are
-    averaged. (MMT's code also drops pairs at distance exactly 0, a handful at most.)
-    Reads the sparse matrix a block of rows at a time; never densifies it.
+    averaged. MMT's code keeps only the nonzero entries of the upper triangle, so it also
+    drops pairs at distance exactly 0 (samples whose encodings coincide, which query
+    expansion makes common); here they count like any other distance. Reads the sparse
+    matrix a block of rows at a time; never densifies it.
 
     Args:
         jaccard: ``[N, N]`` scipy sparse distance from

@@ -28,6 +28,7 @@ __all__ = [
     "MinSumIndex",
     "encode",
     "expand_queries",
+    "expansion_pairs",
     "jaccard_from_min_sum",
     "reciprocal_table",
 ]

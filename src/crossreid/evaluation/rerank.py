@@ -14,10 +14,9 @@ only ever looks at a row's few nearest neighbours, so this implementation:
 
 The encoding steps live in :mod:`crossreid.evaluation.kreciprocal`, shared with
 :func:`crossreid.evaluation.jaccard_distance`; this module supplies the neighbour table
-and distances read from the three blocks. The only dense output-sized array is the
-Q x G float32 result. Results equal the
-original algorithm (to float32 rounding of sums) when equal distances are ranked by item
-index, i.e. the original run with a stable sort.
+and the distances read from the three blocks. The only dense output-sized array is the
+Q x G float32 result. Results equal the original algorithm (to float32 rounding of sums)
+when equal distances are ranked by item index, i.e. the original run with a stable sort.
 
 Example:
     >>> from crossreid.evaluation import pairwise_distance, re_ranking
