@@ -89,7 +89,10 @@ class StepTensors:
     ``out``: ``id_vec [B+Bt, C]`` and, when needed, ``pose_vec``, ``reconstruction`` and
     ``logits [B, N]`` (see :class:`_StepForward`); ``pids [B]``; ``positive [B]`` (index of
     each anchor's positive); ``source [B,3,H,W]``; ``target [Bt,3,H,W]`` or ``None``; the
-    colour-jittered copies the pose encoder sees.
+    colour-jittered copies the pose encoder sees; ``id_vec`` (float32) and ``source_vec``
+    (its first ``B`` rows), set once after the forward so every term shares the same
+    autograd nodes (the gradient sums, and so the run, do not depend on how many terms read
+    them).
     """
 
     out: dict[str, torch.Tensor]
@@ -99,14 +102,13 @@ class StepTensors:
     target: torch.Tensor | None
     pose_source: torch.Tensor | None = None
     pose_target: torch.Tensor | None = None
+    id_vec: torch.Tensor | None = None
+    source_vec: torch.Tensor | None = None
 
-    @property
-    def id_vec(self) -> torch.Tensor:
-        return self.out["id_vec"].float()
-
-    @property
-    def source_vec(self) -> torch.Tensor:
-        return self.id_vec[: self.source.shape[0]]
+    def set_outputs(self, out: dict[str, torch.Tensor]) -> None:
+        self.out = out
+        self.id_vec = out["id_vec"].float()
+        self.source_vec = self.id_vec[: self.source.shape[0]]
 
 
 def _classification(t: StepTensors, c: TrainConfig) -> torch.Tensor:
@@ -290,9 +292,10 @@ class TrainingStep:
         with timer("data_to_device"):
             batch = self._prepare(source, pids, target, positive, generator)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            batch.out = self.forward_module(
+            out = self.forward_module(
                 batch.source, batch.pose_source, batch.positive, batch.target, batch.pose_target
             )
+        batch.set_outputs(out)
         with timer("losses"):
             terms = {
                 term.name: LOSS_FUNCTIONS[term.name](batch, c)
