@@ -29,6 +29,17 @@ TINY = demo.DemoRecipe(
         "image_every": 1,
     },
     adapt=dict(demo.DEFAULT_RECIPE.adapt),
+    # Two steps of the pseudo-label stage, clustering before each, at the tiny scale.
+    pseudo={
+        **demo.DEFAULT_RECIPE.pseudo,
+        "max_steps": 2,
+        "warmup_steps": 1,
+        "cluster_every": 1,
+        "cluster_k1": 3,
+        "cluster_min_samples": 2,
+        "cluster_eps": 0.7,
+        "batch_size": 4,
+    },
 )
 
 
@@ -51,17 +62,15 @@ def test_run_demo_trains_three_models_and_writes_everything(tmp_path):
     )
 
     assert results["seed"] == 3
-    assert set(results["models"]) == {"source_only", "adapted", "oracle"}
+    assert set(results["models"]) == {"source_only", "adapted", "oracle", "pseudo_labels"}
     for key, m in results["models"].items():
         assert _is_fraction_metrics(m), key
         assert _is_fraction_metrics(m["source_domain"]), key
         assert m["steps"] == 2 and m["train_seconds"] >= 0
         # Each run has its own TensorBoard folder and its single (final) evaluation.
         assert list((out / key / "tensorboard").rglob("events.out.tfevents*")), key
-        steps = [
-            json.loads(x)["step"] for x in (out / key / "metrics.jsonl").read_text().splitlines()
-        ]
-        assert steps == [2]
+        lines_ = [json.loads(x) for x in (out / key / "metrics.jsonl").read_text().splitlines()]
+        assert [x["step"] for x in lines_ if "kind" not in x] == [2]
     # The runs really differ in what they train on.
     configs = {k: (out / k / "config.yaml").read_text() for k in results["models"]}
     assert "mode: source-only" in configs["source_only"]
@@ -70,12 +79,24 @@ def test_run_demo_trains_three_models_and_writes_everything(tmp_path):
     assert "camera_bn: true" in configs["adapted"]
     assert "camera_bn: false" in configs["source_only"] and "camera_bn: false" in configs["oracle"]
     assert "seed=3" in configs["adapted"]  # the demo seed also seeds the domains
+    # The pseudo-label stage starts from the adapted run and clusters B before each step.
+    assert "method: cluster" in configs["pseudo_labels"] and "method: arn" in configs["adapted"]
+    assert f"init_from: {out / 'adapted'}" in configs["pseudo_labels"]
+    clusterings = [
+        json.loads(x)
+        for x in (out / "pseudo_labels" / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "cluster"' in x
+    ]
+    assert [c["step"] for c in clusterings] == [0, 1] and all(
+        c["clusters"] >= 2 for c in clusterings
+    )
 
     assert json.loads((out / "results.json").read_text())["models"] == results["models"]
-    # ranked.png: 4 queries x (source-only, adapted) rows of a query and 10 matches.
+    # ranked.png: 4 queries x (source-only, adapted, pseudo-labels) rows of a query and
+    # 10 matches.
     with Image.open(out / "ranked.png") as picture:
         width, height = picture.size
-    assert width > 10 * 32 and height > 8 * 64
+    assert width > 10 * 32 and height > 12 * 64
     assert any(line.startswith("adapted (A→B): target mAP") for line in lines)
 
 
@@ -125,6 +146,13 @@ def test_results_and_ablation_tables():
     assert demo.summary_line(results) == (
         "adaptation: target mAP +10.0 points over source-only (25% of the gap to the oracle)"
     )
+    results["models"]["pseudo_labels"] = {**m, "mAP": 0.5}
+    assert demo.summary_line(results).splitlines()[1] == (
+        "pseudo-labels: target mAP +20.0 points over the adapted model; +30.0 over "
+        "source-only (75% of the gap to the oracle)"
+    )
+    assert demo.format_results_table(results).splitlines()[-1].startswith("ARN + pseudo-labels")
+    del results["models"]["pseudo_labels"]
     results["models"]["oracle"]["mAP"] = 0.25
     assert demo.summary_line(results).endswith("(more than the whole gap: above the oracle)")
     results["models"]["oracle"]["mAP"] = 0.1
@@ -142,8 +170,11 @@ def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--json", str(path), "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     assert "source-only (A)" in out and "adapted (A→B)" in out and "oracle (B labels)" in out
+    assert "ARN + pseudo-labels" in out and "pseudo-labels: target mAP" in out
     data = json.loads(path.read_text())
-    assert data["seed"] == 2 and set(data["models"]) == {"source_only", "adapted", "oracle"}
+    models = {"source_only", "adapted", "oracle", "pseudo_labels"}
+    assert data["seed"] == 2 and set(data["models"]) == models
+    assert set(data["models"]["pseudo_labels"]) == set(data["models"]["adapted"])
     assert data["seconds"] > 0
 
     # w_ctr is already 0 in the recipe: zeroing it again would be a duplicate row.
@@ -152,7 +183,7 @@ def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--ablate", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "ablation on target B, seed 2" in out and "w_mmd=0" in out
-    assert "camera_bn=off" in out
+    assert "camera_bn=off" in out and "full + pseudo-labels" in out
     assert "w_ctr=0" not in out
     assert "w_cls=0: skipped, not a valid training configuration" in out
     assert not any(line.startswith("w_cls=0 ") for line in out.splitlines())

@@ -52,6 +52,7 @@ _GROUP_TITLES = {
     "sampling": "batches and loading",
     "optimisation": "optimisation",
     "losses": "losses",
+    "cluster": "pseudo-label stage (--method cluster)",
     "logging": "evaluation and logging",
     "runtime": "device, seed, resume",
 }

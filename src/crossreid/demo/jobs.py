@@ -54,16 +54,17 @@ def _evaluate(model, dataset, config: TrainConfig) -> tuple[dict[str, float], di
 
 def _train_and_evaluate(
     recipe: DemoRecipe,
-    mode: str,
+    job: Job,
     seed: int,
     output: Path,
     datasets: dict[str, Any],
     progress: bool,
     step_callback: Callable[[int, int], None] | None = None,
-    **overrides: Any,
 ) -> dict[str, Any]:
-    """One training run, evaluated on the target (B) and on the source (A)."""
-    config = train_config(recipe, mode, seed, output, **overrides)
+    """One training run (in ``output / job.key``), evaluated on the target (B) and on the
+    source (A)."""
+    init_from = output / job.after if job.after else None
+    config = train_config(recipe, job.mode, seed, output / job.key, init_from, **job.overrides)
     result = train(config, progress=progress, step_callback=step_callback)
     model = result.model
     target_metrics, target_features = _evaluate(model, datasets["B"], config)
@@ -79,12 +80,19 @@ def _train_and_evaluate(
 
 @dataclass(frozen=True)
 class Job:
-    """One training run of the demo or the ablation: results key, label, mode, overrides."""
+    """One training run of the demo or the ablation: results key (its run folder), label,
+    mode, setting overrides and, for the pseudo-label stage, the key of the run it starts
+    from (``after``: it is trained once that run has finished)."""
 
     key: str
     label: str
     mode: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    after: str | None = None
+
+    def max_steps(self, recipe: DemoRecipe) -> int:
+        stage = recipe.pseudo if self.after else {}
+        return int({**recipe.train, **stage, **self.overrides}["max_steps"])
 
 
 def default_jobs() -> int:
@@ -102,13 +110,12 @@ def _worker(recipe: DemoRecipe, seed: int, output: str, job: Job, queue) -> dict
     datasets = {d: resolve_dataset(recipe.spec(d, seed), progress=False) for d in "AB"}
     return _train_and_evaluate(
         recipe,
-        job.mode,
+        job,
         seed,
         Path(output),
         datasets,
         False,
         step_callback=lambda step, total: queue.put((job.key, step, total)),
-        **job.overrides,
     )
 
 
@@ -164,11 +171,10 @@ def run_jobs(
         for job in jobs:
             log(f"training {job.label} ...")
             try:
+                if isinstance(results.runs.get(job.after), BaseException):
+                    raise results.runs[job.after]
                 with torch_threads(1):
-                    run = _train_and_evaluate(
-                        recipe, job.mode, seed, output / job.key, datasets, progress,
-                        **job.overrides,
-                    )  # fmt: skip
+                    run = _train_and_evaluate(recipe, job, seed, output, datasets, progress)
             except ConfigError as err:
                 run = err
             results.finished(job, run)
@@ -193,7 +199,7 @@ def _run_in_workers(
     if progress:
         results.bars = {
             job.key: tqdm(
-                total=int({**recipe.train, **job.overrides}["max_steps"]),
+                total=job.max_steps(recipe),
                 desc=f"{job.label:<20}",
                 position=i,
                 leave=True,
@@ -205,10 +211,12 @@ def _run_in_workers(
     bars = results.bars
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         updates = manager.Queue()
-        futures = {
-            pool.submit(_worker, recipe, seed, str(output / job.key), job, updates): job
-            for job in ordered
-        }
+
+        def submit(job: Job):
+            return pool.submit(_worker, recipe, seed, str(output), job, updates)
+
+        futures = {submit(job): job for job in ordered if job.after is None}
+        waiting = [job for job in ordered if job.after is not None]
         pending = set(futures)
         started: set[str] = set()
         while pending:
@@ -224,11 +232,19 @@ def _run_in_workers(
                 pass
             for future in [f for f in pending if f.done()]:
                 pending.discard(future)
-                error = future.exception()
-                results.finished(futures[future], error if error is not None else future.result())
+                job, error = futures[future], future.exception()
+                results.finished(job, error if error is not None else future.result())
                 if error is not None and not isinstance(error, ConfigError):
                     for other in pending:
                         other.cancel()
                     raise error
+                for follower in [j for j in waiting if j.after == job.key]:
+                    waiting.remove(follower)
+                    if error is not None:  # nothing to start from
+                        results.finished(follower, error)
+                    else:
+                        started_future = submit(follower)
+                        futures[started_future] = follower
+                        pending.add(started_future)
     for bar in bars.values():
         bar.close()

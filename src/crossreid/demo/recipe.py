@@ -21,6 +21,7 @@ __all__ = [
     "METRICS",
     "MODEL_LABELS",
     "QUICK_RECIPE",
+    "STARTS_FROM",
     "DemoRecipe",
     "recipe_replace",
     "train_config",
@@ -31,13 +32,16 @@ MODEL_LABELS: dict[str, tuple[str, str]] = {
     "source_only": ("source-only", "source-only (A)"),
     "adapted": ("adapt", "adapted (A→B)"),
     "oracle": ("oracle", "oracle (B labels)"),
+    "pseudo_labels": ("adapt", "ARN + pseudo-labels"),
 }
+#: Models trained from another model's run: key → the key of the run they start from.
+STARTS_FROM = {"pseudo_labels": "adapted"}
 #: The target metrics in the demo's tables and results (fractions).
 METRICS = tuple(name for name in RANK_METRICS if name != "rank20")
 #: What ``--ablate`` switches off in turn: each loss weight, the target colour transfer and
 #: the camera-wise BatchNorm statistics at test time (terms already off are skipped).
 ABLATION_TERMS = (
-    *(term.weight_field for term in LOSS_TERMS),
+    *(term.weight_field for term in LOSS_TERMS if "arn" in term.methods),
     "target_style_prob",
     "camera_bn",
 )
@@ -49,11 +53,12 @@ class DemoRecipe:
 
     The synthetic domains are generated at ``data_size`` with ``ids`` identities each (half
     train, half test), ``images`` images per identity and ``cameras`` cameras. ``train`` holds
-    :class:`~crossreid.training.TrainConfig` fields shared by the three runs, ``adapt``
-    those of the adapted run only.
+    :class:`~crossreid.training.TrainConfig` fields shared by the runs, ``adapt`` those of
+    the adapted run only, ``pseudo`` those of the pseudo-label stage (on top of both; it
+    starts from the adapted run).
     """
 
-    ids: int = 100
+    ids: int = 300
     images: int = 12
     cameras: int = 4
     data_size: tuple[int, int] = (64, 32)
@@ -61,6 +66,8 @@ class DemoRecipe:
     #: Settings of the adapted run only (on top of ``train``): what uses unlabelled target
     #: data outside the training batches, such as camera-wise BatchNorm at test time.
     adapt: dict[str, Any] = field(default_factory=dict)
+    #: Settings of the pseudo-label stage (``method: cluster``), started from the adapted run.
+    pseudo: dict[str, Any] = field(default_factory=dict)
 
     def spec(self, domain: str, seed: int) -> str:
         """The ``synthetic:`` dataset spec of ``domain`` for a demo seed."""
@@ -106,17 +113,49 @@ _COMMON_TRAIN: dict[str, Any] = {
 #: target data and the oracle is the plain supervised model, so neither uses it.
 _ADAPT_ONLY: dict[str, Any] = {"camera_bn": True}
 
-DEFAULT_RECIPE = DemoRecipe(train={**_COMMON_TRAIN, "max_steps": 250}, adapt=dict(_ADAPT_ONLY))
+#: The pseudo-label stage (measured, see the README's demo section): cluster B's training
+#: images with the adapted model every ``cluster_every`` steps and train the identity encoder
+#: on the clusters. ``cluster_k1`` follows the data's scale, about the images per identity
+#: (12 here, from the generator's settings, not from labels): with the real-data value 30,
+#: neighbourhoods reach across identities and DBSCAN merges most of B into a few clusters.
+_PSEUDO: dict[str, Any] = {
+    "method": "cluster",
+    "max_steps": 200,
+    "cluster_every": 50,
+    "cluster_k1": 15,
+    "cluster_k2": 6,
+    "cluster_camera_bn": True,
+    "lr": 3.5e-4,
+    "backbone_lr": 3.5e-4,
+    "warmup_steps": 10,
+}
+
+DEFAULT_RECIPE = DemoRecipe(
+    train={**_COMMON_TRAIN, "max_steps": 250}, adapt=dict(_ADAPT_ONLY), pseudo=dict(_PSEUDO)
+)
 QUICK_RECIPE = DemoRecipe(
-    ids=60, images=10, train={**_COMMON_TRAIN, "max_steps": 80}, adapt=dict(_ADAPT_ONLY)
+    ids=60,
+    images=10,
+    train={**_COMMON_TRAIN, "max_steps": 80},
+    adapt=dict(_ADAPT_ONLY),
+    pseudo={**_PSEUDO, "max_steps": 60, "cluster_every": 20, "cluster_k1": 12},
 )
 
 
 def train_config(
-    recipe: DemoRecipe, mode: str, seed: int, output: Path, **overrides: Any
+    recipe: DemoRecipe,
+    mode: str,
+    seed: int,
+    output: Path,
+    init_from: Path | None = None,
+    **overrides: Any,
 ) -> TrainConfig:
-    """The :class:`TrainConfig` of one demo run (``mode``: adapt, source-only or oracle)."""
-    values = {**recipe.train, **(recipe.adapt if mode == "adapt" else {}), **overrides}
+    """The :class:`TrainConfig` of one demo run (``mode``: adapt, source-only or oracle; with
+    ``init_from``, the pseudo-label stage started from that run)."""
+    values = {**recipe.train, **(recipe.adapt if mode == "adapt" else {})}
+    if init_from is not None:
+        values.update(recipe.pseudo, init_from=str(init_from))
+    values.update(overrides)
     max_steps = int(values["max_steps"])
     return TrainConfig(
         source=recipe.spec("A", seed),

@@ -12,7 +12,7 @@ from typing import Any
 from crossreid.data.specs import describe_spec, resolve_dataset
 from crossreid.demo import recipe as recipes
 from crossreid.demo.jobs import Job, run_jobs
-from crossreid.demo.recipe import MODEL_LABELS, DemoRecipe
+from crossreid.demo.recipe import MODEL_LABELS, STARTS_FROM, DemoRecipe
 from crossreid.demo.report import ranked_rows
 from crossreid.errors import ConfigError
 from crossreid.retrieval.visualize import render_ranked_rows
@@ -71,7 +71,10 @@ def run_demo(
         datasets[domain] = resolve_dataset(spec, progress=progress)
     log(f"data ready in {time.perf_counter() - started:.0f} s")
 
-    jobs = [Job(key, label, mode) for key, (mode, label) in MODEL_LABELS.items()]
+    jobs = [
+        Job(key, label, mode, after=STARTS_FROM.get(key))
+        for key, (mode, label) in MODEL_LABELS.items()
+    ]
     done = run_jobs(
         recipe,
         seed,
@@ -90,7 +93,7 @@ def run_demo(
         runs[job.key] = run
 
     metric = recipe.train.get("dist_metric", "cosine")
-    keys = ("source_only", "adapted")
+    keys = ("source_only", "adapted", "pseudo_labels")
     rows = ranked_rows(runs, datasets["B"], keys, num_queries, 10, seed, metric)
     ranked = render_ranked_rows(
         rows,
@@ -121,7 +124,8 @@ def run_ablation(
     log: Callable[[str], None] = print,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """The adapted model with each part of the method switched off in turn (plus the full one).
+    """The adapted model with each part of the method switched off in turn (plus the full one,
+    and the pseudo-label stage trained from the full one).
 
     ``weights`` defaults to :data:`ABLATION_TERMS` (the loss weights, the target colour
     transfer and camera-wise BatchNorm); terms already 0 (off) in the recipe are skipped,
@@ -144,7 +148,10 @@ def run_ablation(
                 jobs.append(Job(f"{term}_off", f"{term}=off", "adapt", {term: False}))
         elif float(value) > 0:
             jobs.append(Job(f"{term}_0", f"{term}=0", "adapt", {term: 0.0}))
-    log(f"ablation: the adapted model, then with each of {len(jobs) - 1} parts switched off")
+    parts = len(jobs) - 1
+    # The pseudo-label stage on top of the full adapted model: what the second stage adds.
+    jobs.append(Job("pseudo_labels", "full + pseudo-labels", "adapt", after="full"))
+    log(f"ablation: the adapted model, then with each of {parts} parts switched off")
     done = run_jobs(
         recipe,
         seed,

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from crossreid.errors import ClusteringError
 
-__all__ = ["PseudoLabels", "cluster_pseudo_labels", "estimate_eps"]
+__all__ = ["PseudoLabels", "cluster_pseudo_labels", "describe_distances", "estimate_eps"]
 
 # MMT's density fraction: eps is the mean of the smallest 0.16% of pairwise distances.
 MMT_RHO = 1.6e-3
@@ -109,7 +109,7 @@ def cluster_pseudo_labels(jaccard: Any, eps: float, min_samples: int = 4) -> Pse
         raise ClusteringError(
             f"cluster_pseudo_labels: eps={float(eps):g}, min_samples={min_samples} on "
             f"{n} samples: {found}; need at least 2 clusters "
-            f"({_describe_distances(dist)})"
+            f"({describe_distances(dist)})"
         )
     return result
 
@@ -211,7 +211,9 @@ def _upper_triangle_chunks(dist: sp.csr_matrix):
         yield dist.data[lo:hi][dist.indices[lo:hi] > rows].astype(np.float32, copy=False)
 
 
-def _describe_distances(dist: sp.csr_matrix) -> str:
+def describe_distances(dist: sp.csr_matrix) -> str:
+    """A few quantiles of the stored distances between distinct samples (for messages that
+    help choose eps)."""
     """Quantiles of the stored off-diagonal distances (of a strided sample if many)."""
     positions = np.arange(0, dist.nnz, max(1, dist.nnz // _QUANTILE_SAMPLE))
     rows = np.searchsorted(dist.indptr, positions, side="right") - 1

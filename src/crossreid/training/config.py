@@ -83,6 +83,13 @@ class TrainConfig:
         "data",
         choices=MODES,
     )
+    method: str = _f(
+        "arn",
+        "arn (alignment: source labels, unlabelled target batches) or cluster (pseudo-label "
+        "self-training on the target; start it from an ARN run with --init-from)",
+        "data",
+        choices=terms.METHODS,
+    )
     # -- model -----------------------------------------------------------------------------
     backbone: str = _f(
         "resnet50", "ResNet trunk of both encoders", "model", choices=BACKBONE_CHOICES
@@ -166,6 +173,39 @@ class TrainConfig:
         None, "MMD Gaussian kernel bandwidths, comma-separated (default: the loss's)", "losses"
     )
     label_smoothing: float = _f(0.0, "label smoothing of the classification loss", "losses")
+    w_ccl: float = _f(
+        1.0, "cluster method: weight of the cluster-contrast loss on the target", "losses"
+    )
+    # -- pseudo-label stage (method cluster) -------------------------------------------------
+    cluster_k1: int = _f(
+        30,
+        "k-reciprocal neighbours of the Jaccard distance (30 for real datasets; about the "
+        "images per identity at small scale, e.g. 15 for 12 images per identity)",
+        "cluster",
+    )
+    cluster_k2: int = _f(6, "query expansion of the Jaccard distance", "cluster")
+    cluster_eps: float | None = _f(
+        None,
+        "DBSCAN radius on the Jaccard distance, in (0, 1) (default: MMT's rule, the mean of "
+        "the smallest 0.16%% of the pairwise distances)",
+        "cluster",
+    )
+    cluster_min_samples: int = _f(4, "DBSCAN min_samples", "cluster")
+    cluster_every: int | None = _f(
+        None,
+        "steps between two clusterings (default: one pass over the target training images)",
+        "cluster",
+    )
+    cluster_flip: bool = _f(
+        False, "average features with the mirrored image's when clustering", "cluster"
+    )
+    cluster_camera_bn: bool = _f(
+        False,
+        "cluster features extracted with camera-wise BatchNorm statistics of the target",
+        "cluster",
+    )
+    memory_momentum: float = _f(0.1, "momentum of the centroid memory update", "cluster")
+    memory_temperature: float = _f(0.05, "temperature of the centroid cross-entropy", "cluster")
     # -- evaluation and logging ------------------------------------------------------------
     eval_every: int = _f(1000, "evaluate on the target query/gallery every N steps", "logging")
     dist_metric: str = _f("cosine", "evaluation distance", "logging", choices=DIST_METRICS)
@@ -325,12 +365,34 @@ class TrainConfig:
         if self.decoder_widths is not None and any(w_ < 1 for w_ in self.decoder_widths):
             raise ConfigError(f"decoder_widths must be positive, got {self.decoder_widths}")
         if self.mode != "oracle" and not terms.supervises_identity(self):
-            names = ", ".join(t.weight_field for t in terms.LOSS_TERMS if t.supervises_identity)
+            names = ", ".join(t.weight_field for t in terms.identity_terms(self.method))
             raise ConfigError(f"{names} are all 0: nothing teaches the identity encoder")
+        if self.method == "cluster":
+            self._validate_cluster()
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r}; expected auto, cpu, cuda or cuda:N")
         if self.resume and self.init_from:
             raise ConfigError("resume and init_from are exclusive (resume restores everything)")
+
+    def _validate_cluster(self) -> None:
+        if self.mode != "adapt" or not self.target:
+            raise ConfigError(
+                "method cluster trains on the target's pseudo-labels: it needs "
+                "mode adapt and a target"
+            )
+        for name in ("cluster_k1", "cluster_k2", "cluster_min_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cluster_every is not None and self.cluster_every < 1:
+            raise ConfigError(f"cluster_every must be >= 1, got {self.cluster_every}")
+        if self.cluster_eps is not None and not 0 < self.cluster_eps < 1:
+            raise ConfigError(f"cluster_eps must be in (0, 1), got {self.cluster_eps}")
+        if not 0 <= self.memory_momentum < 1:
+            raise ConfigError(f"memory_momentum must be in [0, 1), got {self.memory_momentum}")
+        if not (self.memory_temperature > 0 and math.isfinite(self.memory_temperature)):
+            raise ConfigError(
+                f"memory_temperature must be a positive number, got {self.memory_temperature}"
+            )
 
 
 def config_fields() -> tuple[dataclasses.Field, ...]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from crossreid.data.base import ImageRecord
 from crossreid.data.specs import resolve_dataset
 from crossreid.errors import DatasetError
 from crossreid.training.config import TrainConfig
+from crossreid.utils.distributed import DistInfo
 
-__all__ = ["TrainingData", "load_training_data"]
+__all__ = ["TrainingData", "load_training_data", "loader_options"]
 
 
 @dataclass
@@ -59,3 +61,15 @@ def load_training_data(config: TrainConfig, progress: bool) -> TrainingData:
         if target is not None and config.mode == "adapt"
         else None,
     )
+
+
+def loader_options(config: TrainConfig, dist: DistInfo) -> dict[str, Any]:
+    """Loading and augmentation options shared by every training loader of a run."""
+    return {
+        "workers": config.workers,
+        "seed": config.seed,
+        "rank": dist.rank,
+        "world_size": dist.world_size,
+        "random_erasing": config.random_erasing,
+        "pad": config.effective_crop_padding,
+    }

@@ -103,6 +103,14 @@ class RunLogger:
         self._writer.flush()
         return record
 
+    def record(self, step: int, kind: str, values: Mapping[str, float]) -> dict:
+        """Append one ``metrics.jsonl`` line of another kind (e.g. ``"cluster"``: clusters,
+        outliers and eps of a pseudo-label epoch); evaluation lines have no ``kind``."""
+        line = {"step": int(step), "kind": kind, **{k: float(v) for k, v in values.items()}}
+        if self._writer is not None:
+            append_line(self.metrics_path, json.dumps(line))
+        return line
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()

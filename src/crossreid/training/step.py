@@ -33,7 +33,7 @@ from crossreid.data.transforms import denormalize, pose_jitter, transfer_colour_
 from crossreid.errors import TrainingError
 from crossreid.training.config import TrainConfig
 from crossreid.training.optim import freeze_unused_parts
-from crossreid.training.terms import LOSS_NAMES, active_terms, needs_part
+from crossreid.training.terms import LOSS_TERMS, active_terms, needs_part
 from crossreid.utils.distributed import DistInfo
 
 __all__ = [
@@ -143,7 +143,8 @@ def _triplet(t: StepTensors, c: TrainConfig) -> torch.Tensor:
     return losses.triplet_loss(t.source_vec, t.pids, margin=c.tri_margin)
 
 
-#: The function of each loss term of :data:`crossreid.training.terms.LOSS_TERMS`, by name.
+#: The function of each ARN loss term of :data:`crossreid.training.terms.LOSS_TERMS`, by name
+#: (the cluster method's term is :func:`crossreid.training.cluster.cluster_contrast_loss`).
 LOSS_FUNCTIONS: dict[str, Callable[[StepTensors, TrainConfig], torch.Tensor]] = {
     "cls": _classification,
     "rec": _reconstruction,
@@ -152,10 +153,9 @@ LOSS_FUNCTIONS: dict[str, Callable[[StepTensors, TrainConfig], torch.Tensor]] = 
     "ctr": _contrastive,
     "tri": _triplet,
 }
-if tuple(LOSS_FUNCTIONS) != LOSS_NAMES:  # a term declared without a function, or the reverse
-    raise ImportError(
-        f"LOSS_FUNCTIONS {tuple(LOSS_FUNCTIONS)} do not match LOSS_TERMS {LOSS_NAMES}"
-    )
+_ARN_TERMS = tuple(term.name for term in LOSS_TERMS if "arn" in term.methods)
+if tuple(LOSS_FUNCTIONS) != _ARN_TERMS:  # a term declared without a function, or the reverse
+    raise ImportError(f"LOSS_FUNCTIONS {tuple(LOSS_FUNCTIONS)} do not match {_ARN_TERMS}")
 
 
 class _StepForward(nn.Module):

@@ -19,13 +19,20 @@ from typing import Any
 __all__ = [
     "LOSS_NAMES",
     "LOSS_TERMS",
+    "METHODS",
     "NETWORK_PARTS",
     "LossTerm",
     "active_terms",
+    "identity_terms",
     "needs_part",
     "supervises_identity",
     "uses_target_batches",
 ]
+
+#: Training methods. ``arn``: the ARN stage (source labels, unlabelled target batches, the
+#: reconstruction / difference / MMD alignment). ``cluster``: the pseudo-label stage
+#: (:mod:`crossreid.training.cluster`), usually started from an ARN run with ``init_from``.
+METHODS = ("arn", "cluster")
 
 #: Network parts a term can need, and the attribute of the model that holds each.
 NETWORK_PARTS = {"pose": "pose_encoder", "decoder": "decoder", "logits": "classifier"}
@@ -40,6 +47,7 @@ class LossTerm:
     needs: frozenset[str] = frozenset()
     uses_target: bool = False
     supervises_identity: bool = False
+    methods: frozenset[str] = frozenset({"arn"})
 
     @property
     def weight_field(self) -> str:
@@ -73,13 +81,21 @@ LOSS_TERMS = (
     LossTerm("mmd", "MMD between source and target identity vectors", uses_target=True),
     LossTerm("ctr", "contrastive loss on source identity vectors", supervises_identity=True),
     LossTerm("tri", "batch-hard triplet loss on source identity vectors", supervises_identity=True),
+    LossTerm(
+        "ccl",
+        "cross-entropy of target identity vectors against the pseudo-identity centroid memory",
+        supervises_identity=True,
+        methods=frozenset({"cluster"}),
+    ),
 )
 LOSS_NAMES = tuple(term.name for term in LOSS_TERMS)
 
 
 def active_terms(config: Any) -> tuple[LossTerm, ...]:
-    """The terms with a weight above 0 (the only ones computed)."""
-    return tuple(term for term in LOSS_TERMS if term.weight(config) > 0)
+    """The terms of the config's method with a weight above 0 (the only ones computed)."""
+    return tuple(
+        term for term in LOSS_TERMS if config.method in term.methods and term.weight(config) > 0
+    )
 
 
 def needs_part(config: Any, part: str) -> bool:
@@ -88,13 +104,20 @@ def needs_part(config: Any, part: str) -> bool:
 
 
 def supervises_identity(config: Any) -> bool:
-    """Whether a weighted term teaches the identity encoder from labels."""
+    """Whether a weighted term teaches the identity encoder from (pseudo-)labels."""
     return any(term.supervises_identity for term in active_terms(config))
+
+
+def identity_terms(method: str) -> tuple[LossTerm, ...]:
+    """The terms of ``method`` that teach the identity encoder."""
+    return tuple(t for t in LOSS_TERMS if t.supervises_identity and method in t.methods)
 
 
 def uses_target_batches(config: Any) -> bool:
     """Whether training draws unlabelled target batches: adapt mode with a weighted term that
     uses them, or the target colour transfer."""
-    return config.mode == "adapt" and (
-        any(term.uses_target for term in active_terms(config)) or config.target_style_prob > 0
+    return (
+        config.method == "arn"
+        and config.mode == "adapt"
+        and (any(term.uses_target for term in active_terms(config)) or config.target_style_prob > 0)
     )

@@ -31,7 +31,7 @@ import math
 import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from crossreid.data.loaders import build_source_loader, build_target_loader, infinite_batches
 from crossreid.errors import CheckpointError, TrainingError, TrainingInterrupted
 from crossreid.evaluation.pipeline import evaluate_model
 from crossreid.models import CrossDomainReID
@@ -54,14 +53,15 @@ from crossreid.models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from crossreid.training.cluster import ClusterMethod
 from crossreid.training.config import TrainConfig, build_config, load_config_file
 from crossreid.training.data import TrainingData, load_training_data
+from crossreid.training.methods import ArnMethod, build_method
 from crossreid.training.optim import build_optimizer, freeze_unused_parts
 from crossreid.training.preemption import stop_requests
 from crossreid.training.rng import capture_rng, restore_rng
 from crossreid.training.run_logger import RunLogger
 from crossreid.training.schedule import LRSchedule, build_scheduler
-from crossreid.training.step import TrainingStep
 from crossreid.utils.devices import resolve_device
 from crossreid.utils.distributed import (
     DistInfo,
@@ -130,9 +130,7 @@ class RunState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
-    step_fn: TrainingStep
-    source_loader: Any
-    target_loader: Any | None
+    method: ArnMethod | ClusterMethod
     started: float
     step: int = 0
     start_step: int = 0
@@ -215,53 +213,19 @@ def build_run(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    loader_options = {  # shared by the source and target loaders
-        "workers": config.workers,
-        "seed": config.seed,
-        "rank": dist_info.rank,
-        "world_size": dist_info.world_size,
-        "random_erasing": config.random_erasing,
-        "pad": config.effective_crop_padding,
-    }
-    source_loader = build_source_loader(
-        data.train_records,
-        config.image_size,
-        config.batch_size,
-        config.num_instances,
-        **loader_options,
-    )
+    freeze_unused_parts(model, config)  # before the optimiser, which takes trainable ones only
+    method = build_method(config, data, model, device, dist_info)
     if config.epochs is not None:
         # Recorded in config.yaml and the checkpoints, so a resume continues the same schedule.
-        max_steps = max(1, math.ceil(config.epochs * len(source_loader)))
+        max_steps = max(1, math.ceil(config.epochs * method.steps_per_epoch))
         config = dataclasses.replace(config, max_steps=max_steps)
-    use_target = data.target_records is not None and config.uses_target_batches
-    target_loader = None
-    if use_target:
-        target_loader = build_target_loader(
-            data.target_records,
-            config.image_size,
-            config.effective_target_batch_size,
-            **loader_options,
-        )
-
-    freeze_unused_parts(model, config)  # before the optimiser, which takes trainable ones only
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, _schedule(config))
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    step_fn = TrainingStep(
-        model,
-        optimizer,
-        scheduler,
-        config,
-        device,
-        dist_info=dist_info,
-        scaler=scaler,
-        use_target=use_target,
-    )
+    method.prepare(config, optimizer, scheduler, scaler)
     state = RunState(
-        config, dist_info, device, data, model, optimizer, scheduler, scaler, step_fn,
-        source_loader, target_loader, started,
-    )  # fmt: skip
+        config, dist_info, device, data, model, optimizer, scheduler, scaler, method, started
+    )
     if resume is not None:
         restore_run(state, *resume)
     return state
@@ -334,6 +298,7 @@ def restore_run(state: RunState, checkpoint: dict[str, Any], path: Path) -> None
     state.best_map = float(checkpoint.get("best_mAP", -1.0))
     state.best_step = int(checkpoint.get("best_step", 0))
     state.best_metrics = dict(checkpoint.get("best_metrics", {}))
+    state.method.load_state_dict(checkpoint.get("method_state", {}))
     if "rng" in checkpoint:
         restore_rng(checkpoint["rng"])
     logger.info("resumed %s at step %d", path, state.start_step)
@@ -367,17 +332,12 @@ def run_loop(
             dynamic_ncols=True,
             leave=True,
         )
-    source = infinite_batches(state.source_loader, start_step=state.start_step)
-    target = (
-        infinite_batches(state.target_loader, start_step=state.start_step)
-        if state.target_loader is not None
-        else None
-    )
+    state.method.start(state.start_step)
     state.model.train()
     try:
         with stop_requests() as stop:
             while state.step < config.max_steps:
-                _one_step(state, source, target)
+                _one_step(state)
                 if step_callback is not None:
                     step_callback(state.step, config.max_steps)
                 evaluate = state.step % config.eval_every == 0 or state.step == config.max_steps
@@ -414,14 +374,12 @@ def _stop(state: RunState, received: signal.Signals, *, saved: bool) -> None:
     )
 
 
-def _one_step(state: RunState, source: Iterator, target: Iterator | None) -> None:
-    """Draw the batches, run the training step, update progress and logs."""
+def _one_step(state: RunState) -> None:
+    """Run the method's training step, update progress and logs."""
     config = state.config
-    source_images, pids, _, _ = next(source)
-    target_images = next(target)[0] if target is not None else None
     keep_images = state.dist.is_main and (state.step + 1) % config.image_every == 0
     try:
-        out = state.step_fn(state.step, source_images, pids, target_images, keep_images=keep_images)
+        out = state.method.step(state, keep_images)
     except TrainingError as exc:
         last = state.last_path
         kept = (
@@ -518,6 +476,7 @@ def checkpoint_payload(state: RunState) -> dict[str, Any]:
         best_step=state.best_step,
         best_metrics=state.best_metrics,
         train_config=state.config.to_dict(),
+        method_state=state.method.state_dict(),
     )
 
 

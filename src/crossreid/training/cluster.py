@@ -1,0 +1,243 @@
+"""The pseudo-label stage (``method: cluster``): cluster the target, train on the clusters.
+
+Every ``cluster_every`` steps (one "epoch"; by default one pass over the target's training
+images) the stage
+
+1. extracts the identity vectors of the target training split (:mod:`crossreid.inference`;
+   optionally mirrored and with camera-wise BatchNorm), L2-normalised;
+2. computes the k-reciprocal Jaccard distance (:func:`~crossreid.evaluation.jaccard_distance`)
+   and clusters it with DBSCAN (:func:`~crossreid.evaluation.cluster_pseudo_labels`);
+   outliers are dropped for the epoch;
+3. builds the centroid memory: one L2-normalised mean feature per cluster;
+
+and every step draws a PK batch over the pseudo-identities and minimises the cross-entropy
+of its identity vectors against the memory at temperature ``memory_temperature`` (the
+cluster-contrast loss of Dai et al., 2021), then moves each sample's centroid towards it
+(``m ← momentum·m + (1 − momentum)·f``, renormalised).
+
+Target identity labels are never read: records keep only their path and camera. The
+checkpoint holds the current pseudo-labels and memory, so a run resumed mid-epoch continues
+exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossreid.data.base import ImageRecord
+from crossreid.data.loaders import build_source_loader, infinite_batches
+from crossreid.errors import ClusteringError, ConfigError, TrainingError
+from crossreid.evaluation.clustering import (
+    PseudoLabels,
+    cluster_pseudo_labels,
+    describe_distances,
+    estimate_eps,
+)
+from crossreid.evaluation.jaccard import jaccard_distance
+from crossreid.inference import extract_features
+from crossreid.training.config import TrainConfig
+from crossreid.training.data import TrainingData, loader_options
+from crossreid.training.step import StepOutput, step_seed
+from crossreid.utils.distributed import DistInfo
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClusterMethod", "cluster_contrast_loss", "update_memory"]
+
+
+def cluster_contrast_loss(
+    features: torch.Tensor, labels: torch.Tensor, memory: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy of L2-normalised ``features [B, C]`` against the centroids
+    ``memory [K, C]`` (rows L2-normalised) at ``temperature``; ``labels [B]`` in ``0..K-1``."""
+    logits = F.normalize(features, dim=1) @ memory.t() / temperature
+    return F.cross_entropy(logits, labels)
+
+
+@torch.no_grad()
+def update_memory(
+    memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, momentum: float
+) -> None:
+    """Move each sample's centroid towards it, in batch order, and renormalise (in place)."""
+    features = F.normalize(features.detach().float(), dim=1)
+    for feature, label in zip(features, labels.tolist(), strict=True):
+        centroid = momentum * memory[label] + (1.0 - momentum) * feature
+        memory[label] = centroid / centroid.norm().clamp_min(1e-12)
+
+
+class ClusterMethod:
+    """The pseudo-label stage as a training method (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: TrainingData,
+        model: nn.Module,
+        device: torch.device,
+        dist: DistInfo,
+    ) -> None:
+        if dist.is_distributed:
+            raise ConfigError("method cluster runs in one process (torchrun is not supported)")
+        if data.target_records is None:
+            raise ConfigError("method cluster needs the target's training split")
+        self.config, self.model, self.device, self.dist = config, model, device, dist
+        # Unlabelled: only the path and camera of each target image are kept.
+        self.records = [ImageRecord(r.path, -1, r.camid) for r in data.target_records]
+        if len(self.records) < config.cluster_min_samples:
+            raise ClusteringError(
+                f"the target training split has {len(self.records)} images, fewer than "
+                f"cluster_min_samples={config.cluster_min_samples}"
+            )
+        self.steps_per_epoch = config.cluster_every or math.ceil(
+            len(self.records) / config.batch_size
+        )
+        self.labels: np.ndarray | None = None  # per record, -1: outlier or unreadable
+        self.memory: torch.Tensor | None = None
+        self.epoch_start = 0
+        self.eps = float("nan")
+        self._stream = None
+
+    def prepare(
+        self,
+        config: TrainConfig,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler | None,
+    ) -> None:
+        self.config, self.optimizer, self.scheduler, self.scaler = (
+            config,
+            optimizer,
+            scheduler,
+            scaler,
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def start(self, start_step: int) -> None:
+        if self.labels is not None:  # resumed: continue the saved epoch's stream
+            self._open_stream(start_step - self.epoch_start)
+
+    # -- clustering --------------------------------------------------------------------------
+    def _recluster(self, state: Any) -> None:
+        c = self.config
+        extracted = extract_features(
+            self.model, self.records, c.image_size, batch_size=c.eval_batch_size,
+            device=self.device, flip=c.cluster_flip, workers=c.workers,
+            channels_last=c.channels_last, desc="cluster",
+            camera_bn=self.records if c.cluster_camera_bn else None,
+        )  # fmt: skip
+        features = extracted.features / np.maximum(
+            np.linalg.norm(extracted.features, axis=1, keepdims=True), 1e-12
+        )
+        distance = jaccard_distance(features, k1=c.cluster_k1, k2=c.cluster_k2)
+        self.eps = c.cluster_eps if c.cluster_eps is not None else estimate_eps(distance)
+        pseudo = cluster_pseudo_labels(distance, self.eps, c.cluster_min_samples)
+        self._check_enough(pseudo, distance)
+        index = {path: i for i, path in enumerate(r.path for r in self.records)}
+        labels = np.full(len(self.records), -1, dtype=np.int64)
+        labels[[index[p] for p in extracted.paths]] = pseudo.labels
+        self.labels, self.epoch_start = labels, state.step
+        kept = pseudo.labels >= 0
+        centroids = torch.zeros(pseudo.num_clusters, features.shape[1], dtype=torch.float32)
+        centroids.index_add_(
+            0, torch.from_numpy(pseudo.labels[kept]), torch.from_numpy(features[kept])
+        )
+        self.memory = F.normalize(centroids, dim=1).to(self.device)
+        self._log(state, pseudo)
+        self._open_stream(0)
+
+    def _check_enough(self, pseudo: PseudoLabels, distance) -> None:
+        identities = self.config.batch_size // self.config.num_instances
+        if pseudo.num_clusters < identities:
+            raise ClusteringError(
+                f"DBSCAN (eps {self.eps:.3f}) found {pseudo.num_clusters} clusters "
+                f"({pseudo.num_outliers} outliers, largest {pseudo.largest}), fewer than the "
+                f"{identities} pseudo-identities a batch needs; set cluster_eps (larger when "
+                "most images are outliers, smaller when clusters merge) or a smaller batch "
+                f"({describe_distances(distance)})"
+            )
+
+    def _log(self, state: Any, pseudo: PseudoLabels) -> None:
+        values = {
+            "clusters": pseudo.num_clusters,
+            "outliers": pseudo.num_outliers,
+            "largest": pseudo.largest,
+            "eps": self.eps,
+        }
+        state.run_logger.scalars(state.step, values, prefix="cluster/")
+        state.run_logger.record(state.step, "cluster", values)
+        message = (
+            f"step {state.step}: {pseudo.num_clusters} clusters, {pseudo.num_outliers} "
+            f"outliers, largest {pseudo.largest} (eps {self.eps:.3f})"
+        )
+        if state.bar is not None:
+            state.bar.write(message)
+        logger.info(message)
+
+    def _open_stream(self, offset: int) -> None:
+        keep = np.flatnonzero(self.labels >= 0)
+        records = [ImageRecord(self.records[i].path, int(self.labels[i]), self.records[i].camid)
+                   for i in keep]  # fmt: skip
+        options = loader_options(self.config, self.dist)
+        # Each epoch's batches are a function of (seed, the step the epoch started at).
+        options["seed"] = step_seed(self.config.seed, self.epoch_start, 0, 7) % (2**31)
+        loader = build_source_loader(
+            records, self.config.image_size, self.config.batch_size, self.config.num_instances,
+            **options,
+        )  # fmt: skip
+        self._stream = infinite_batches(loader, start_step=offset)
+
+    # -- one step ----------------------------------------------------------------------------
+    def step(self, state: Any, keep_images: bool) -> StepOutput:
+        c = self.config
+        if self._stream is None or state.step - self.epoch_start >= self.steps_per_epoch:
+            self._recluster(state)
+            self.model.train()
+        images, labels, _, _ = next(self._stream)
+        torch.manual_seed(step_seed(c.seed, state.step, self.dist.rank, 0))  # dropout etc.
+        images, labels = images.to(self.device), labels.to(self.device)
+        if c.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        _, vectors = self.model.encode_identity(images)
+        loss = cluster_contrast_loss(vectors.float(), labels, self.memory, c.memory_temperature)
+        total = c.w_ccl * loss
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        value = float(total.detach())
+        if not (math.isfinite(value) and math.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(
+                f"loss is not finite at step {state.step + 1} (total={value:.4g}, "
+                f"grad_norm={norm:.4g}; ccl={float(loss):.4g})"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        update_memory(self.memory, vectors, labels, c.memory_momentum)
+        return StepOutput({"total": value, "ccl": float(loss.detach())}, norm, None)
+
+    # -- checkpoint --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.labels is None:
+            return {}
+        return {
+            "labels": torch.from_numpy(self.labels),
+            "memory": self.memory.detach().cpu(),
+            "epoch_start": int(self.epoch_start),
+            "eps": float(self.eps),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.labels = state["labels"].numpy().astype(np.int64)
+        self.memory = state["memory"].to(self.device)
+        self.epoch_start = int(state["epoch_start"])
+        self.eps = float(state["eps"])

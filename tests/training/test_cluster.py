@@ -1,0 +1,116 @@
+"""Tests of crossreid.training.cluster: the pseudo-label stage (``method: cluster``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from crossreid.errors import ClusteringError, ConfigError
+from crossreid.training import data as training_data
+from crossreid.training.cluster import cluster_contrast_loss, update_memory
+from crossreid.training.trainer import train
+
+
+def test_cluster_contrast_loss_by_hand():
+    features = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # normalised: the two unit vectors
+    memory = torch.eye(2)
+    loss = cluster_contrast_loss(features, torch.tensor([0, 1]), memory, temperature=0.5)
+    # logits [[2, 0], [0, 2]]: each sample's cross-entropy is log(1 + e^-2)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+
+
+def test_memory_moves_each_centroid_towards_its_samples_in_order():
+    memory = torch.eye(2)
+    update_memory(memory, torch.tensor([[0.0, 3.0], [5.0, 0.0]]), torch.tensor([0, 0]), 0.1)
+    # first [0.1, 0.9] / |.|, then 0.1 * that + 0.9 * [1, 0], renormalised
+    first = torch.tensor([0.1, 0.9]) / math.hypot(0.1, 0.9)
+    second = 0.1 * first + torch.tensor([0.9, 0.0])
+    assert torch.allclose(memory[0], second / second.norm(), atol=1e-6)
+    assert torch.equal(memory[1], torch.tensor([0.0, 1.0]))  # untouched
+
+
+@pytest.fixture
+def arn_run(tmp_path_factory, tiny_config):
+    out = tmp_path_factory.mktemp("arn")
+    train(tiny_config(out, max_steps=4), progress=False)
+    return out
+
+
+def _stage(tiny_config, out, arn_run, **overrides):
+    values = dict(
+        method="cluster", init_from=str(arn_run), max_steps=6, cluster_every=3, cluster_k1=4,
+        cluster_min_samples=2, cluster_eps=0.6, schedule="step", milestones=(5,),
+        warmup_steps=1, eval_every=6, batch_size=4,  # P = 2 pseudo-identities a batch
+    )  # fmt: skip
+    values.update(overrides)
+    return tiny_config(out, **values)
+
+
+def test_stage_clusters_every_epoch_logs_and_trains(tmp_path, tiny_config, arn_run):
+    result = train(_stage(tiny_config, tmp_path / "s", arn_run), progress=False)
+    assert result.steps == 6 and set(result.history[0]) == {"total", "ccl"}
+    lines = [json.loads(x) for x in (tmp_path / "s/metrics.jsonl").read_text().splitlines()]
+    clusterings = [x for x in lines if x.get("kind") == "cluster"]
+    assert [x["step"] for x in clusterings] == [0, 3]
+    assert all(x["clusters"] >= 2 and x["eps"] == 0.6 for x in clusterings)
+    assert [x["step"] for x in lines if "kind" not in x] == [6]
+    # Only the identity encoder is trained: the pose encoder, decoder and classifier are not.
+    assert not any(p.requires_grad for p in result.model.decoder.parameters())
+
+
+def test_stage_resumes_mid_epoch_exactly(tmp_path, tiny_config, arn_run):
+    straight = train(_stage(tiny_config, tmp_path / "a", arn_run), progress=False)
+    train(_stage(tiny_config, tmp_path / "b", arn_run, max_steps=4), progress=False)
+    resumed = train(
+        _stage(tiny_config, tmp_path / "b", arn_run, resume=str(tmp_path / "b"), init_from=None),
+        progress=False,
+    )
+    assert [h["total"] for h in resumed.history] == [h["total"] for h in straight.history[4:]]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_stage_never_reads_target_labels(tmp_path, tiny_config, arn_run, monkeypatch):
+    honest = train(_stage(tiny_config, tmp_path / "a", arn_run, max_steps=3), progress=False)
+    real = training_data.resolve_dataset
+
+    def scrambled(spec, data_root, **kwargs):
+        dataset = real(spec, data_root, **kwargs)
+        if spec.startswith("synthetic:B"):
+            pids = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+            dataset.train = [r._replace(pid=p) for r, p in zip(dataset.train, pids, strict=False)]
+        return dataset
+
+    monkeypatch.setattr(training_data, "resolve_dataset", scrambled)
+    blind = train(_stage(tiny_config, tmp_path / "b", arn_run, max_steps=3), progress=False)
+    assert [h["total"] for h in blind.history] == [h["total"] for h in honest.history]
+
+
+def test_a_clustering_without_enough_clusters_stops_with_one_line(tmp_path, tiny_config, arn_run):
+    with pytest.raises(
+        ClusteringError, match=r"eps=0\.01, min_samples=4 on 24 samples: .* 1% at \d"
+    ):
+        stage = _stage(
+            tiny_config, tmp_path / "s", arn_run, cluster_eps=0.01, cluster_min_samples=4
+        )
+        train(stage, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cluster_eps": 1.5}, "cluster_eps must be in"),
+        ({"cluster_k1": 0}, "cluster_k1 must be >= 1"),
+        ({"memory_momentum": 1.0}, "memory_momentum"),
+        ({"mode": "source-only"}, "method cluster trains on the target"),
+        ({"w_ccl": 0.0}, "w_ccl are all 0"),
+    ],
+)
+def test_stage_options_are_checked(tmp_path, tiny_config, overrides, message):
+    config = tiny_config(tmp_path, method="cluster", **overrides)
+    with pytest.raises(ConfigError, match=message):
+        config.validate()
