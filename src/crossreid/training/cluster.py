@@ -204,21 +204,30 @@ class ClusterMethod:
         images, labels = images.to(self.device), labels.to(self.device)
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        _, vectors = self.model.encode_identity(images)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.scaler is not None):
+            _, vectors = self.model.encode_identity(images)
         loss = cluster_contrast_loss(vectors.float(), labels, self.memory, c.memory_temperature)
         total = c.w_ccl * loss
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         value = float(total.detach())
-        if not (math.isfinite(value) and math.isfinite(norm)):
+        if not math.isfinite(value) or (self.scaler is None and not math.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(
                 f"loss is not finite at step {state.step + 1} (total={value:.4g}, "
                 f"grad_norm={norm:.4g}; ccl={float(loss):.4g})"
             )
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         update_memory(self.memory, vectors, labels, c.memory_momentum)
         return StepOutput({"total": value, "ccl": float(loss.detach())}, norm, None)
