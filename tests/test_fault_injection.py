@@ -49,6 +49,8 @@ SOURCE = "synthetic:A?ids=12&images=4&cameras=2&size=64x32"
 TARGET = "synthetic:B?ids=12&images=4&cameras=2&size=64x32"
 MAX_STEPS = 12
 KILLS = 5
+#: The killed run's length: room for five kills 1-3 steps apart.
+KILLED_STEPS = 16
 #: Feature-extraction flags of evaluate / extract / search: CPU, in this process.
 EXTRACTION = ["--workers", "0", "--device", "cpu", "--no-progress"]
 
@@ -161,10 +163,13 @@ def _wait(
         time.sleep(0.02)
 
 
+KILLED_RUN = {"max_steps": KILLED_STEPS, "save_every": 1, "eval_every": 1}
+
+
 def _step_seconds(run: Path, env: dict[str, str]) -> float:
     """Run the uninterrupted training; the median seconds between two saved steps."""
     process = subprocess.Popen(
-        _crossreid(["train", *_train_flags(run, save_every=1, eval_every=1)]),
+        _crossreid(["train", *_train_flags(run, **KILLED_RUN)]),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -185,12 +190,13 @@ def test_sigkill_at_random_moments_and_resume_give_the_uninterrupted_weights(tmp
     step_seconds = _step_seconds(straight, env)
     last = run / "checkpoints" / "last.pt"
     rng = random.Random(11)
-    command = ["train", *_train_flags(run, save_every=1, eval_every=1)]
+    command = ["train", *_train_flags(run, **KILLED_RUN)]
     kills = []
     for kill in range(KILLS):
-        # A few steps further (leaving steps for the kills to come and one after this one),
-        # then anywhere within the next step: computing, evaluating or writing last.pt.
-        target = min(_saved_step(last) + rng.randint(1, 3), MAX_STEPS - (KILLS - kill) - 1)
+        # 1-3 steps further, then anywhere within the next step: computing, evaluating or
+        # writing last.pt. (Two steps before the end at most: were that reached already,
+        # the kill would come while the run restarts.)
+        target = min(_saved_step(last) + rng.randint(1, 3), KILLED_STEPS - 2)
         delay = rng.uniform(0.0, step_seconds)
         log = tmp_path / f"kill-{kill + 1}.log"
         with open(log, "w") as stderr:
@@ -214,7 +220,7 @@ def test_sigkill_at_random_moments_and_resume_give_the_uninterrupted_weights(tmp
     assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]
     expected = read_checkpoint(straight / "checkpoints" / "last.pt")
     got = read_checkpoint(last)
-    assert got["step"] == expected["step"] == MAX_STEPS
+    assert got["step"] == expected["step"] == KILLED_STEPS
     assert got["model"].keys() == expected["model"].keys()
     for key, tensor in expected["model"].items():
         assert torch.equal(got["model"][key], tensor), key
@@ -506,7 +512,7 @@ def test_a_hostile_checkpoint_does_not_run_in_the_cli_process(tmp_path, env):
 
 
 def _damage(folder: Path, count: int, how: str) -> list[Path]:
-    """Damage the first ``count`` images of ``folder``: zero bytes or cut to a third."""
+    """Damage the first ``count`` images of ``folder``: zero bytes, or cut to 200 bytes."""
     paths = sorted(folder.glob("*.jpg"))[:count]
     for path in paths:
         path.write_bytes(b"" if how == "zero-byte" else path.read_bytes()[:200])
