@@ -17,7 +17,7 @@ broken model.
 
 Example::
 
-    >>> export_model("run/model_best.pt", "onnx", "reid.onnx")   # doctest: +SKIP
+    >>> export_model("runs/ab", "onnx", "reid.onnx")   # its checkpoints/last.pt  # doctest: +SKIP
     PosixPath('reid.onnx')
 """
 
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from crossreid.errors import ConfigError, CrossReIDError
-from crossreid.models.checkpoint import load_checkpoint
+from crossreid.models.checkpoint import find_checkpoint, load_checkpoint
 from crossreid.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -178,9 +178,12 @@ def export_model(
     """Export the feature network stored in a crossreid checkpoint.
 
     Args:
-        checkpoint: a checkpoint written by training (``crossreid-checkpoint`` format).
+        checkpoint: a checkpoint written by training (``crossreid-checkpoint`` format), or
+            a run folder (its ``checkpoints/last.pt``; see
+            :func:`~crossreid.models.checkpoint.find_checkpoint`).
         fmt: ``"onnx"`` or ``"torchscript"``.
-        out: output file (default: the checkpoint path with ``.onnx`` / ``.ts.pt``).
+        out: output file (default: the checkpoint file's path with ``.onnx`` / ``.ts.pt``,
+            e.g. ``run/checkpoints/last.onnx`` for a run folder).
         image_size: ``(H, W)`` of the input (default: the checkpoint's ``image_size``).
         verify: see :func:`export_network`.
 
@@ -194,6 +197,7 @@ def export_model(
         raise ConfigError(
             f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}"
         )
+    checkpoint = find_checkpoint(checkpoint)
     model = load_checkpoint(checkpoint, map_location="cpu")
     if out is None:
         out = Path(checkpoint).with_suffix(".onnx" if fmt == "onnx" else ".ts.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ def damaged(request, clean_domain: Path, tmp_path: Path) -> tuple[ReIDDataset, d
 
 
 @pytest.mark.parametrize("split", ["query", "gallery"])
-def test_test_loader_drops_and_counts_damaged_images(damaged, split: str) -> None:
+def test_test_loader_drops_and_counts_damaged_images(damaged, split: str, caplog) -> None:
     dataset, bad = damaged
     records = getattr(dataset, split)
     loader = build_test_loader(records, SIZE, batch_size=7, workers=0)
@@ -65,7 +66,10 @@ def test_test_loader_drops_and_counts_damaged_images(damaged, split: str) -> Non
     assert indices == [i for i in range(len(records)) if i not in bad[split]]
     assert loader.dataset.num_corrupt == 2
     assert sorted(loader.dataset.corrupt_paths) == sorted(records[i].path for i in bad[split])
-    assert log_corrupt_summary(loader.dataset, split) == 2
+    with caplog.at_level(logging.WARNING, logger="crossreid.data"):
+        assert log_corrupt_summary(loader.dataset, split) == 2
+    folder = str(Path(records[min(bad[split])].path).parent)  # which dataset, which split
+    assert caplog.messages[-1] == f"{split}: 2 unreadable image(s) skipped so far, in {folder}"
 
 
 def test_source_loader_replaces_and_counts_damaged_train_images(damaged) -> None:

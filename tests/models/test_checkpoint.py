@@ -4,6 +4,7 @@ resolution, strict/partial loading."""
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import pickle
@@ -420,3 +421,28 @@ def test_load_partial_skips_the_classifier_when_classes_differ(make_small, caplo
 def test_load_partial_rejects_unrelated_weights(make_small):
     with pytest.raises(CheckpointError, match="none of the 1 weights fit"):
         load_partial(make_small(), {"features.0.weight": torch.zeros(3)})
+
+
+class _QuotaFile(io.FileIO):
+    """A file on a file system with room left but a user quota that allows 64 kB."""
+
+    def write(self, data):
+        if self.tell() + len(data) > 65536:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return super().write(data)
+
+
+def test_a_quota_inside_torch_save_is_one_line_though_the_disk_has_room(tmp_path, monkeypatch):
+    # torch.save's writer turns the failed write into "unexpected pos"; the free space
+    # cannot explain it here, the write's own error does.
+    path = save_checkpoint(tmp_path / "last.pt", _tiny_payload(1))
+    before = path.read_bytes()
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=2**40))
+    monkeypatch.setattr(io, "FileIO", _QuotaFile)
+    payload = {"model": {"w": torch.zeros(1_000_000)}, "config": {"model": {}}, "step": 2}
+    with pytest.raises(StorageError) as info:
+        save_checkpoint(path, payload)
+    assert info.value.errno == errno.EDQUOT
+    assert str(info.value) == f"cannot write {path}: disk quota exceeded (needs about 4.0 MB)"
+    monkeypatch.undo()
+    _assert_only(tmp_path, ["last.pt"], {"last.pt": before})

@@ -164,11 +164,11 @@ def test_a_relative_path_is_named_as_given(tmp_path, monkeypatch) -> None:
 def test_a_folder_that_refuses_new_files_gives_one_line(
     tmp_path, monkeypatch, code, reason
 ) -> None:
-    # As root (the tests' user) chmod does not stop writes; a refusing mkstemp is what a
-    # read-only or write-protected folder looks like to the code.
+    # As root (the tests' user) chmod does not stop writes; a refusing os.open of the
+    # temporary is what a read-only or write-protected folder looks like to the code.
     out = tmp_path / "config.yaml"
     out.write_bytes(b"old")
-    monkeypatch.setattr(tempfile, "mkstemp", _fail(code))
+    monkeypatch.setattr(os, "open", _fail(code))
     with pytest.raises(StorageError, match=rf"^cannot write {re.escape(str(out))}: {reason}$"):
         write_text_atomic(out, "new: 12345678901\n")
     _assert_kept(tmp_path, {"config.yaml": b"old"})
@@ -329,3 +329,47 @@ def test_a_file_size_limit_gives_one_line_and_keeps_the_files(tmp_path) -> None:
         f"cannot write {log}: file too large (ulimit -f allows 100 kB)",
     ]
     _assert_kept(tmp_path, {"data.bin": b"old data", "metrics.jsonl": b"line 1\n"})
+
+
+# ---------------------------------------------------------------- killed writers, permissions
+
+
+def _gone_pid() -> int:
+    """The id of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path) -> None:
+    from crossreid.utils.io import _host_tag
+
+    out = tmp_path / "last.pt"
+    host = _host_tag()
+    dead = tmp_path / f".last.pt.{host}-{_gone_pid()}-0badf00d.tmp"  # SIGKILLed mid-write
+    alive = tmp_path / f".last.pt.{host}-{os.getppid()}-0badf00d.tmp"  # still writing
+    elsewhere = tmp_path / f".last.pt.{'0' * 8}-{_gone_pid()}-0badf00d.tmp"  # another host's
+    other = tmp_path / f".best.pt.{host}-{_gone_pid()}-0badf00d.tmp"  # another file's
+    for temp in (dead, alive, elsewhere, other):
+        temp.write_bytes(b"partial")
+    with atomic_write(out, suffix=".tmp") as stream:
+        stream.write(b"new")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(p.name for p in (out, alive, elsewhere, other))
+
+
+@pytest.mark.parametrize(
+    ("umask", "mode"),
+    [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+    ids=["umask-022", "umask-077", "umask-002"],
+)
+def test_new_files_get_the_permissions_of_a_plain_open(tmp_path, umask, mode) -> None:
+    previous = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "config.yaml", "a: 1\n")
+        with atomic_path(tmp_path / "model.onnx") as temp:
+            temp.write_bytes(b"model")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == mode

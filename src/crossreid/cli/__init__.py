@@ -32,11 +32,14 @@ _ORDER = ["synth", "datasets", "train", "evaluate", "extract", "search", "export
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except for on/off flags, whose default only restates
-    that they are off (``--no-progress ... (default: True)`` read as the opposite)."""
+    """Shows each option's default, except where it says nothing: on/off flags, whose
+    default only restates that they are off (``--no-progress ... (default: True)`` read as
+    the opposite), options without a value by default (``(default: None)``), and help
+    texts that already name their default in words."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.nargs == 0:
+        help_text = action.help or ""
+        if action.nargs == 0 or action.default is None or "default" in help_text:
             return action.help
         return super()._get_help_string(action)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from crossreid.cli._checkpoint import add_checkpoint_option, checkpoint_file
 from crossreid.cli._common import (
     add_camera_bn_argument,
     add_extraction_arguments,
@@ -51,9 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Evaluating a checkpoint on a dataset (instead of --features), and ranked pictures."""
     group = parser.add_argument_group("evaluate a checkpoint (instead of --features)")
-    group.add_argument(
-        "--checkpoint", metavar="C", help="a crossreid checkpoint file or run folder (last.pt)"
-    )
+    add_checkpoint_option(group)
     group.add_argument("--dataset", metavar="SPEC", help="NAME, folder:PATH or synthetic:DOMAIN")
     group.add_argument("--data-root", metavar="DIR", help="folder holding named datasets")
     add_extraction_arguments(group)
@@ -104,9 +103,10 @@ def run(args: argparse.Namespace) -> int:
         "protocol": args.protocol,
         "seed": args.seed,
     }
-    if args.checkpoint is not None:
+    checkpoint = checkpoint_file(args)
+    if checkpoint is not None:
         options = extraction_options(args)
-        model = load_checkpoint(args.checkpoint, map_location="cpu")
+        model = load_checkpoint(checkpoint, map_location="cpu")
         dataset = resolve_dataset(args.dataset, args.data_root)
         info = setup_distributed(options["device"].type)
         try:
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if evaluation is None:  # another rank under torchrun: rank 0 reports
             return 0
         result, arrays = evaluation.result, evaluation.arrays
-        title = f"{args.checkpoint} on {args.dataset}"
+        title = f"{checkpoint} on {args.dataset}"
     else:
         arrays = load_features_file(args.features, paths=bool(args.visualize))
         result = evaluate_arrays(arrays, **ranking)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from crossreid.cli._checkpoint import add_checkpoint_option, checkpoint_file
+
 HELP = "export a checkpoint's feature network to ONNX or TorchScript (dynamic batch)"
 DESCRIPTION = (
     "Write the identity-feature network of a checkpoint (input: normalised images "
@@ -25,12 +27,12 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="C", help="a crossreid checkpoint")
+    add_checkpoint_option(parser, required=True)
     parser.add_argument(
         "--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx", help="file format"
     )
     parser.add_argument(
-        "--out", metavar="FILE", help="output file (default: beside the checkpoint)"
+        "--out", metavar="FILE", help="output file (default: beside the checkpoint file)"
     )
     parser.add_argument(
         "--image-size",
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from crossreid.export import export_model
 
-    path = export_model(args.checkpoint, args.fmt, args.out, args.image_size, verify=args.verify)
+    checkpoint = checkpoint_file(args)
+    path = export_model(checkpoint, args.fmt, args.out, args.image_size, verify=args.verify)
     print(f"wrote {path} ({args.fmt})")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from crossreid.cli._checkpoint import add_checkpoint_option, checkpoint_file
 from crossreid.cli._common import (
     add_camera_bn_argument,
     add_extraction_arguments,
@@ -26,9 +27,7 @@ log = logging.getLogger("crossreid.extract")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="C", help="a crossreid checkpoint file or run folder"
-    )
+    add_checkpoint_option(parser, required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--dataset", metavar="SPEC", help="NAME, folder:PATH or synthetic:DOMAIN (query+gallery)"
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             "--camera-bn needs --dataset: each camera's statistics come from its training split"
         )
     summary = extract_to_file(
-        args.checkpoint,
+        checkpoint_file(args),
         args.out,
         dataset=args.dataset,
         data_root=args.data_root,

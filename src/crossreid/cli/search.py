@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 
+from crossreid.cli._checkpoint import add_checkpoint_option, checkpoint_file
 from crossreid.cli._common import add_extraction_arguments, extraction_options
 from crossreid.errors import ConfigError
 from crossreid.evaluation.distance import METRICS
@@ -28,11 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--index", required=True, metavar="FILE.npz", help="extract output or saved index"
     )
     parser.add_argument("--query", nargs="+", metavar="IMG", help="query image file(s)")
-    parser.add_argument(
-        "--checkpoint",
-        metavar="C",
-        help="checkpoint file or run folder embedding the queries (as the gallery)",
-    )
+    add_checkpoint_option(parser, role="embedding the queries (as it did the gallery)")
     parser.add_argument("--topk", type=int, default=10, metavar="K", help="matches per query")
     parser.add_argument(
         "--metric",
@@ -65,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --query IMG [IMG ...] (and --checkpoint), or --save-index FILE")
     if args.query and not args.checkpoint:
         raise ConfigError("--query needs --checkpoint (the model that embedded the gallery)")
+    checkpoint = checkpoint_file(args)
 
     index = open_index(
         args.index, metric=args.metric, approx=args.approx, nlist=args.nlist, nprobe=args.nprobe
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.query:
         return 0
 
-    model = load_checkpoint(args.checkpoint, map_location="cpu")
+    model = load_checkpoint(checkpoint, map_location="cpu")
     options = extraction_options(args)
     options.update(progress=False, workers=0 if args.workers is None else args.workers)
     results = search_images(
@@ -90,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         index,
         args.query,
         args.topk,
-        names=(f"index {args.index}", f"checkpoint {args.checkpoint}"),
+        names=(f"index {args.index}", f"checkpoint {checkpoint}"),
         **options,
     )
     topk = min(args.topk, index.ntotal)

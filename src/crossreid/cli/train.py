@@ -59,6 +59,8 @@ _GROUP_TITLES = {
 
 
 def _format_default(value: Any) -> str:
+    if isinstance(value, bool):  # --x / --no-x: "(default: False)" reads like a value to pass
+        return "on" if value else "off"
     if isinstance(value, tuple):
         if not value:
             return "none"

@@ -242,10 +242,15 @@ def collate_skip_corrupt(batch: list[tuple | None]) -> tuple | None:
 
 
 def log_corrupt_summary(dataset: Dataset, what: str = "data") -> int:
-    """Log how many unreadable images ``dataset`` has met (if any) and return the count."""
+    """Log how many unreadable images ``dataset`` has met (if any) and where, e.g. ``epoch 3:
+    2 unreadable image(s) skipped so far, in data/A/bounding_box_train`` (the source and
+    the target loader of a run log the same ``what``); return the count."""
     count = int(getattr(dataset, "num_corrupt", 0))
     if count:
-        logger.warning("%s: %d unreadable image(s) skipped so far", what, count)
+        folders = sorted({os.path.dirname(path) for path in getattr(dataset, "corrupt_paths", [])})
+        where = f"{folders[0]}" + (f" and {len(folders) - 1} more folder(s)" if folders[1:] else "")
+        suffix = f", in {where}" if folders else ""
+        logger.warning("%s: %d unreadable image(s) skipped so far%s", what, count, suffix)
     return count
 
 

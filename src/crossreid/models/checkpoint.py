@@ -18,13 +18,11 @@ str/int/float/bool/None. (NumPy arrays do not: store ``array.tolist()`` or a ten
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
 import re
 import shutil
-import uuid
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -36,7 +34,7 @@ from torch import nn
 
 from crossreid.errors import CheckpointError, ConfigError
 from crossreid.models.network import CrossDomainReID
-from crossreid.utils.io import atomic_write, format_size, make_folder, storage_error
+from crossreid.utils.io import atomic_path, atomic_write, format_size, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -129,27 +127,22 @@ def link_checkpoint(source: str | os.PathLike[str], path: str | os.PathLike[str]
     ``best.pt`` is a hard link to the file just written. This is safe because checkpoints
     are only ever replaced by renaming a new file over the name (:func:`save_checkpoint`),
     never rewritten in place: when ``last.pt`` is next saved, ``best.pt`` keeps the old
-    file. The link is made under a temporary name and renamed over ``path``, so ``path``
-    is never missing or partial; where the file system has no hard links, it is copied.
-    Storage failures raise a one-line :class:`StorageError`, as for :func:`save_checkpoint`.
+    file. The link is made under a temporary name and renamed over ``path``
+    (:func:`~crossreid.utils.io.atomic_path`), so ``path`` is never missing or partial;
+    where the file system has no hard links, it is copied. Storage failures raise a
+    one-line :class:`StorageError`, as for :func:`save_checkpoint`.
     """
     source, path = Path(source), Path(path)
-    make_folder(path.parent)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    needed = source.stat().st_size if source.is_file() else None
+    with atomic_path(path, ".tmp", expected_size=needed) as temp:
+        temp.unlink()  # the link takes the temporary's name
         try:
             os.link(source, temp)
         except OSError:  # no hard links here (or another device): a plain copy
-            shutil.copyfile(source, temp)
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        needed = source.stat().st_size if source.is_file() else None
-        error = storage_error(exc, path, needed=needed)
-        if error is None:
-            raise
-        raise error from None
+            try:
+                shutil.copyfile(source, temp)
+            except OSError as exc:  # its errors name the source: say which file failed
+                raise (storage_error(exc, path, needed=needed) or exc) from None
     return path
 
 

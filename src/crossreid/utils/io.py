@@ -4,6 +4,11 @@
 folder (so the final :func:`os.replace` is a rename within one file system), rename it over
 the destination only when the block finishes without an exception, and remove it
 otherwise: a crash mid-write leaves the old file or the new one, never half of one.
+A process killed mid-write (SIGKILL, the out-of-memory killer) cannot remove its temporary
+file; the temporary's name carries its host and process id, and the next write of the same
+destination on that host removes the leftovers of processes that are gone, so repeated
+kills during checkpointing do not fill the disk. New files get the permissions of a plain
+``open()`` (``0o666`` less the umask), not a temporary file's ``0o600``.
 
 Every write helper here turns a full disk, a quota, a file size limit, a missing
 permission or a read-only file system into a :class:`~crossreid.errors.StorageError` with
@@ -24,9 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -201,12 +210,58 @@ def _as_storage_error(
     return storage_error(exc, path, needed=needed, written=written)
 
 
+def _host_tag() -> str:
+    """A short, file-name-safe tag of this host (temporaries name their writer's host)."""
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. another user's process: alive
+        return False
+    return False
+
+
+def _remove_stale_temporaries(path: Path, suffix: str) -> None:
+    """Remove temporaries of ``path`` left by killed processes of this host."""
+    pattern = re.compile(
+        rf"\.{re.escape(path.name)}\.([0-9a-f]{{8}})-(\d+)-[0-9a-f]+{re.escape(suffix)}"
+    )
+    host = _host_tag()
+    with contextlib.suppress(OSError):  # an unreadable folder: the new write will say so
+        for entry in os.scandir(path.parent):
+            found = pattern.fullmatch(entry.name)
+            if found and found.group(1) == host and _process_is_gone(int(found.group(2))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _create_temporary(path: Path, suffix: str) -> Path:
+    """A new empty file beside ``path`` named ``.NAME.HOST-PID-RANDOM<suffix>``, with the
+    permissions ``open()`` would give (``0o666`` less the umask)."""
+    while True:
+        temp = path.with_name(
+            f".{path.name}.{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+        )
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # the same random name: draw again
+            continue
+        return temp
+
+
 @contextlib.contextmanager
 def atomic_path(
     path: PathLike, suffix: str | None = None, *, expected_size: int | None = None
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for a writer that wants a file name; on a
     clean exit the file is renamed over ``path``, on an exception it is removed.
+
+    Temporaries of ``path`` left on this host by processes that no longer run (killed
+    mid-write) are removed first.
 
     Args:
         path: the destination.
@@ -219,17 +274,13 @@ def atomic_path(
             system, in one line naming ``path``; the previous file is left as it was.
     """
     path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
     make_folder(path.parent)
+    _remove_stale_temporaries(path, suffix)
     try:
-        handle, name = tempfile.mkstemp(
-            dir=path.parent,
-            prefix=f".{path.name}.",
-            suffix=path.suffix if suffix is None else suffix,
-        )
+        temp = _create_temporary(path, suffix)
     except OSError as exc:
         raise (storage_error(exc, path, needed=expected_size) or exc) from None
-    os.close(handle)
-    temp = Path(name)
     try:
         yield temp
         os.replace(temp, path)
@@ -246,6 +297,28 @@ def atomic_path(
         raise error from None
 
 
+class _RecordingWriter(io.BufferedWriter):
+    """A binary file that remembers the :class:`OSError` of its last failed write: torch.save's
+    writer swallows it and raises ``RuntimeError: ... unexpected pos`` instead, which no
+    longer says whether the disk was full or a quota exceeded."""
+
+    error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: PathLike, mode: str = "wb", suffix: str | None = None, *, expected_size: int | None = None
@@ -254,16 +327,20 @@ def atomic_write(
     file beside ``path``; on a clean exit it is flushed, synced to disk and renamed over
     ``path``, on an exception it is removed. ``suffix``, ``expected_size`` and the errors
     are as for :func:`atomic_path`."""
-    if not mode.startswith("w"):
+    if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write needs a write mode ('wb' or 'w'), got {mode!r}")
-    encoding = None if "b" in mode else "utf-8"
-    with (
-        atomic_path(path, suffix, expected_size=expected_size) as temp,
-        open(temp, mode, encoding=encoding) as stream,
-    ):
-        yield stream
-        stream.flush()
-        os.fsync(stream.fileno())
+    with atomic_path(path, suffix, expected_size=expected_size) as temp:
+        binary = _RecordingWriter(io.FileIO(temp, "w"))
+        stream = binary if mode == "wb" else io.TextIOWrapper(binary, encoding="utf-8")
+        with stream:
+            try:
+                yield stream
+                stream.flush()
+                os.fsync(stream.fileno())
+            except RuntimeError as exc:
+                if binary.error is None or not any(s in str(exc) for s in _TORCH_SHORT_WRITE):
+                    raise
+                raise binary.error from None  # the write's own reason (no space, quota ...)
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
