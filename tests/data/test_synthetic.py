@@ -216,6 +216,20 @@ def test_split_plan_is_valid_for_any_size(
     assert all(j.split == "gallery" for j in per_id[0]) and per_id[0]
 
 
+def test_training_identities_can_be_fewer_than_half():
+    config = SyntheticConfig(num_ids=20, train_ids=5, images_per_id=4, size=(32, 16))
+    plan = plan_split(config)
+    assert len(plan.train_pids) == 5 and len(plan.test_pids) == 15
+    assert {j.pid for j in plan.jobs if j.split == "train"} == set(plan.train_pids)
+    # A different split is a different dataset: its own cache folder.
+    assert (
+        config.cache_key()
+        != SyntheticConfig(num_ids=20, images_per_id=4, size=(32, 16)).cache_key()
+    )
+    with pytest.raises(ConfigError, match="training identities 20 out of range: expected 1..19"):
+        SyntheticConfig(num_ids=20, train_ids=20)
+
+
 # ---------------------------------------------------------------- writing
 
 

@@ -14,6 +14,7 @@ from crossreid.demo import recipe as demo_recipe
 # Tiny domains and a few steps: the same code path as the real demo, in seconds.
 TINY = demo.DemoRecipe(
     ids=8,
+    train_ids=None,
     images=4,
     cameras=2,
     data_size=(32, 16),

@@ -24,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ids", type=int, default=d.num_ids, metavar="N", help="number of identities"
     )
     parser.add_argument(
+        "--train-ids",
+        type=int,
+        default=None,
+        metavar="N",
+        help="identities of the training split (default: half of --ids); the rest are "
+        "query/gallery",
+    )
+    parser.add_argument(
         "--images-per-id",
         type=int,
         default=d.images_per_id,
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     config = SyntheticConfig(
         domain=args.domain,
         num_ids=args.ids,
+        train_ids=args.train_ids,
         images_per_id=args.images_per_id,
         num_cameras=args.cameras,
         seed=args.seed,

@@ -50,6 +50,7 @@ SYNTHETIC_OPTIONS = {
     "cameras": "num_cameras",
     "seed": "seed",
     "size": "size",
+    "train_ids": "train_ids",
 }
 
 
@@ -155,7 +156,8 @@ def describe_spec(spec: str | DatasetSpec) -> str:
         assert c is not None
         return (
             f"synthetic domain {c.domain} ({c.num_ids} ids x {c.images_per_id} images, "
-            f"{c.num_cameras} cameras, seed {c.seed}, {c.size[0]}x{c.size[1]})"
+            f"{c.num_train_ids} of them for training, {c.num_cameras} cameras, seed {c.seed}, "
+            f"{c.size[0]}x{c.size[1]})"
         )
     opts = ", ".join(f"{k}={v}" for k, v in parsed.options.items())
     return f"dataset {parsed.value}" + (f" ({opts})" if opts else "")

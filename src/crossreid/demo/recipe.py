@@ -51,14 +51,17 @@ ABLATION_TERMS = (
 class DemoRecipe:
     """Data and training settings of the demo (sized for a 2-core CPU).
 
-    The synthetic domains are generated at ``data_size`` with ``ids`` identities each (half
-    train, half test), ``images`` images per identity and ``cameras`` cameras. ``train`` holds
+    The synthetic domains are generated at ``data_size`` with ``ids`` identities each
+    (``train_ids`` of them for training, default half; the rest for query/gallery), ``images``
+    images per identity and ``cameras`` cameras. ``train`` holds
     :class:`~crossreid.training.TrainConfig` fields shared by the runs, ``adapt`` those of
     the adapted run only, ``pseudo`` those of the pseudo-label stage (on top of both; it
     starts from the adapted run).
     """
 
-    ids: int = 300
+    ids: int = 200
+    #: Training identities; the other ``ids - train_ids`` are B's (and A's) query/gallery.
+    train_ids: int | None = 50
     images: int = 12
     cameras: int = 4
     data_size: tuple[int, int] = (64, 32)
@@ -72,9 +75,10 @@ class DemoRecipe:
     def spec(self, domain: str, seed: int) -> str:
         """The ``synthetic:`` dataset spec of ``domain`` for a demo seed."""
         h, w = self.data_size
+        train = f"&train_ids={self.train_ids}" if self.train_ids is not None else ""
         return (
             f"synthetic:{domain}?ids={self.ids}&images={self.images}&cameras={self.cameras}"
-            f"&seed={seed}&size={h}x{w}"
+            f"&seed={seed}&size={h}x{w}{train}"
         )
 
 
@@ -135,6 +139,7 @@ DEFAULT_RECIPE = DemoRecipe(
 )
 QUICK_RECIPE = DemoRecipe(
     ids=60,
+    train_ids=None,
     images=10,
     train={**_COMMON_TRAIN, "max_steps": 80},
     adapt=dict(_ADAPT_ONLY),

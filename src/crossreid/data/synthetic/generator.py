@@ -87,6 +87,9 @@ class SyntheticConfig:
     num_cameras: int = 4
     seed: int = 0
     size: tuple[int, int] = (128, 64)
+    #: Identities of the training split (default: half of ``num_ids``, rounded up); the
+    #: others make the query/gallery, so a large test set can go with a small training set.
+    train_ids: int | None = None
 
     def __post_init__(self) -> None:
         domain = str(self.domain).strip().upper()
@@ -107,6 +110,8 @@ class SyntheticConfig:
             ("image width", self.size[1], 8, 1024),
             ("seed", self.seed, 0, 2**63 - 1),
         ]
+        if self.train_ids is not None:
+            checks.append(("training identities", self.train_ids, 1, self.num_ids - 1))
         for what, value, low, high in checks:
             if not isinstance(value, (int, np.integer)) or not low <= value <= high:
                 raise ConfigError(f"{what} {value!r} out of range: expected {low}..{high}")
@@ -116,8 +121,14 @@ class SyntheticConfig:
         h, w = self.size
         return (
             f"{self.domain}-ids{self.num_ids}-img{self.images_per_id}-cam{self.num_cameras}"
-            f"-seed{self.seed}-{h}x{w}-v{GENERATOR_VERSION}"
+            f"-seed{self.seed}-{h}x{w}"
+            + (f"-train{self.train_ids}" if self.train_ids is not None else "")
+            + f"-v{GENERATOR_VERSION}"
         )
+
+    @property
+    def num_train_ids(self) -> int:
+        return self.train_ids if self.train_ids is not None else (self.num_ids + 1) // 2
 
     def to_json(self) -> dict:
         return {
@@ -127,6 +138,7 @@ class SyntheticConfig:
             "num_cameras": self.num_cameras,
             "seed": self.seed,
             "size": list(self.size),
+            **({"train_ids": self.train_ids} if self.train_ids is not None else {}),
         }
 
 
@@ -160,7 +172,7 @@ def plan_split(config: SyntheticConfig) -> SplitPlan:
     base = [config.seed, _domain_code(config.domain)]
     n, k, c = config.num_ids, config.images_per_id, config.num_cameras
     order = np.random.default_rng([*base, _SPLIT]).permutation(np.arange(1, n + 1))
-    n_train = (n + 1) // 2
+    n_train = config.num_train_ids
     plan = SplitPlan(
         sorted(int(p) for p in order[:n_train]), sorted(int(p) for p in order[n_train:])
     )
