@@ -9,12 +9,13 @@
   exports, torch otherwise (on CUDA, or with one warning for a model that does not
   export).
 
-On this project's 2-core AMD EPYC (Zen 4) test machine, ``benchmarks/extract_speed.py``
-measured onnxruntime at 1.5-2x PyTorch's best CPU path at equal features (within 1e-4
-relative); the other CPU options it measures stay off: bf16 autocast (slower at
-resnet18 128x64, faster at ResNet-50 224x224 but features 1% off), TorchScript
-``optimize_for_inference`` (no faster), ``torch.compile`` (faster than eager, still behind
-onnxruntime, and 30 s to 2 min of compilation per model).
+On the project's 2-core AMD EPYC (Zen 4) development machine, ``benchmarks/extract_speed.py``
+measured onnxruntime at 1.3-1.5x the torch engine (2x eager) at equal features (within
+1e-4 relative), and ``benchmarks/evaluate_end_to_end.py`` ``crossreid evaluate`` 1.55x
+faster end to end on a Market-1501 replica. The other CPU options it measures stay off
+(the figures are in that benchmark's docstring): bf16 autocast (features about 1% off),
+oneDNN's bf16 fpmath (not applied on this CPU), TorchScript ``optimize_for_inference`` and
+``torch.compile`` (within the noise of the torch engine, seconds of set-up).
 
 Camera-wise BatchNorm changes the BatchNorm statistics for each camera; they are part of
 the graph key, so each camera's statistics get their own graph (kept in memory only).
