@@ -196,6 +196,11 @@ def test_auto_falls_back_to_torch_with_one_warning_line_and_onnxruntime_refuses(
     assert capfd.readouterr() == ("", "")  # the exporter's graph dump stays out of sight
     expected = extract_features(model, records[:3], engine="torch").features
     np.testing.assert_array_equal(arrays["qf"], expected)
+    with torch.no_grad():  # new weights of the same network (a trainer's next evaluation)
+        model.conv.weight.mul_(2)
+    with caplog.at_level(logging.WARNING):
+        extract_features(model, records, engine="auto")
+    assert len(caplog.records) == 1  # no second warning
     assert len(cache["exports"]) == 1  # the failure is remembered, not retried
     with pytest.raises(ConfigError) as error:
         extract_features(model, records, engine="onnxruntime")

@@ -11,7 +11,7 @@
 
 On the project's 2-core AMD EPYC (Zen 4) development machine, ``benchmarks/extract_speed.py``
 measured onnxruntime at 1.3-1.5x the torch engine (2x eager) at equal features (within
-1e-4 relative), and ``benchmarks/evaluate_end_to_end.py`` ``crossreid evaluate`` 1.55x
+1e-4 relative), and ``benchmarks/evaluate_end_to_end.py`` ``crossreid evaluate`` 1.5x
 faster end to end on a Market-1501 replica. The other CPU options it measures stay off
 (the figures are in that benchmark's docstring): bf16 autocast (features about 1% off),
 oneDNN's bf16 fpmath (not applied on this CPU), TorchScript ``optimize_for_inference`` and

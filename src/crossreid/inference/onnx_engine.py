@@ -3,7 +3,8 @@
 :func:`onnx_runner` returns an :class:`OnnxRunner` for a model: its ``forward`` (normalised
 images ``[B, 3, H, W]`` → features ``[B, D]``, dynamic batch dimension ``B``) exported to
 ONNX and run by onnxruntime's CPU execution provider, which is about twice as fast as
-PyTorch's eager CPU path on ResNets (``benchmarks/extract_speed.py``).
+PyTorch's eager CPU path on ResNets and 1.3-1.5x the torch engine
+(``benchmarks/extract_speed.py``).
 
 **One graph per weights.** A graph is found by a key: the SHA-256 of everything the traced
 ``forward`` depends on (every parameter and buffer, by name, dtype, shape and bytes; every
@@ -16,8 +17,9 @@ costs about 0.2 s for a ResNet-50 ``CrossDomainReID`` (both encoders, 190 MB).
 **Two caches.** Sessions live in memory (the :data:`MAX_SESSIONS` most recent, per thread
 count), so extracting a query and then a gallery exports once. Graphs are also written to
 ``$CROSSREID_CACHE/onnx/<key>.onnx`` (or ``$CROSSREID_ONNX_CACHE/<key>.onnx``:
-:func:`onnx_cache_dir`; the :data:`MAX_CACHED_GRAPHS` most recently used are kept), so separate commands on one checkpoint (``crossreid extract``,
-``evaluate``, ``search``) export it once. The cache is content-addressed rather than kept
+:func:`onnx_cache_dir`; the :data:`MAX_CACHED_GRAPHS` most recently used are kept), so
+separate commands on one checkpoint (``crossreid extract``, ``evaluate``, ``search``)
+export it once. The cache is content-addressed rather than kept
 beside a checkpoint: it serves models that never were a file (the trainer's), needs no
 write access to a run folder, and cannot go stale when a checkpoint is overwritten.
 
@@ -25,7 +27,9 @@ write access to a run folder, and cannot go stale when a checkpoint is overwritt
 PyTorch's output (``max|a - b| <= 1e-4 * max(1, max|b|)``) before it is used or cached.
 The export is strict: a tracer warning (a Python branch on a tensor's value, which a
 traced graph would freeze) or an operator without an ONNX form means the model does not
-export (:class:`NotExportable`, one line).
+export (:class:`NotExportable`, one line). Such a failure is remembered for the
+architecture (the key without the tensors' values), so new weights of the same network (a
+trainer's next evaluation) are not exported again.
 
 **Threads.** A session uses ``torch.get_num_threads()`` intra-op threads and one inter-op
 thread, so ``torch_threads(1)`` runs stay single-threaded.
@@ -93,7 +97,8 @@ _VERIFY_BATCH = 3  # not the export batch of 2, so the dynamic batch dimension i
 _TOLERANCE = 1e-4
 
 _sessions: collections.OrderedDict[tuple[str, int], Any] = collections.OrderedDict()
-# Keys of weights that did not export, with the reason: not tried again.
+# Architectures (graph keys without the values) that did not export, with the reason: not
+# tried again, so a trainer evaluating new weights of one such model warns once.
 _failures: collections.OrderedDict[str, str] = collections.OrderedDict()
 _MAX_FAILURES = 16
 _lock = threading.Lock()
@@ -237,9 +242,11 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def graph_key(model: nn.Module, image_size: Sequence[int]) -> str:
+def graph_key(model: nn.Module, image_size: Sequence[int], *, values: bool = True) -> str:
     """SHA-256 (hex) of what the exported graph of ``model.forward`` at ``image_size``
-    depends on: see the module docstring. ``model`` is expected in eval mode."""
+    depends on: see the module docstring. ``model`` is expected in eval mode. Without
+    ``values`` the tensors count by name, dtype and shape only: the key of the
+    architecture, whatever its weights."""
     digest = hashlib.sha256()
     header = (GRAPH_FORMAT, ONNX_OPSET, torch.__version__, tuple(int(v) for v in image_size))
     digest.update(repr(header).encode())
@@ -252,6 +259,9 @@ def graph_key(model: nn.Module, image_size: Sequence[int]) -> str:
         digest.update(repr((name, type(module).__qualname__, attributes)).encode())
     tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]
     for name, tensor in tensors:
+        if not values:
+            digest.update(repr((name, str(tensor.dtype), tuple(tensor.shape))).encode())
+            continue
         data = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(repr((name, str(data.dtype), tuple(tensor.shape))).encode())
         digest.update(memoryview(data.view(torch.uint8).numpy()))
@@ -374,14 +384,16 @@ def onnx_runner(model: nn.Module, image_size: Sequence[int], *, persist: bool = 
     """
     size = (int(image_size[0]), int(image_size[1]))
     threads = torch.get_num_threads()
+    architecture = graph_key(model, size, values=False)
+    with _lock:
+        if architecture in _failures:
+            raise NotExportable(_failures[architecture], repeated=True)
     key = graph_key(model, size)
     with _lock:
         session = _sessions.get((key, threads))
         if session is not None:
             _sessions.move_to_end((key, threads))
             return OnnxRunner(key, session)
-        if key in _failures:
-            raise NotExportable(_failures[key], repeated=True)
     cached = _cached_file(key)
     session = None
     if cached is not None:
@@ -394,7 +406,7 @@ def onnx_runner(model: nn.Module, image_size: Sequence[int], *, persist: bool = 
             session = _export_and_verify(model, size, threads, persist, key)
         except NotExportable as exc:
             with _lock:
-                _failures[key] = str(exc)
+                _failures[architecture] = str(exc)
                 while len(_failures) > _MAX_FAILURES:
                     _failures.popitem(last=False)
             raise
