@@ -1,7 +1,11 @@
-"""Shared helpers for the benchmark scripts: timing, memory, Market-1501 labels, features.
+"""Shared helpers for the benchmark scripts: timing, memory, Market-1501 labels, features,
+and the machine's dense matrix-multiply rate with the achieved fraction of it.
 
 Benchmarks are scripts, not tests: they print measured figures and ratios to a baseline
-measured in the same run.
+measured in the same run. Each speed benchmark also prints the rate of a large float32
+matrix product measured in the same run with the same threads (:func:`gemm_gflops`) and
+the rate its measured work achieved as a fraction of it (:func:`achieved`): FLOPs count a
+multiply-add as two (:func:`forward_flops` for networks, ``2 * m * n * k`` for a product).
 """
 
 from __future__ import annotations
@@ -18,6 +22,81 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_FILELIST = REPO.parent / "shared" / "data" / "market1501_filelist.txt.gz"
+GEMM_SIZE = 3072  # 58 GFLOP per product: within 5% of the BLAS's rate at 4096 here
+
+
+def gemm_gflops(library: str = "torch", size: int = GEMM_SIZE, repeats: int = 5) -> float:
+    """GFLOP/s of a ``size x size`` float32 matrix product (``2 size^3`` FLOPs), the best of
+    ``repeats``, with the threads the work uses: ``torch.get_num_threads()`` for
+    ``"torch"`` (MKL / oneDNN), NumPy's BLAS threads for ``"numpy"``, CUDA for
+    ``"cuda"`` (TF32 off, as for float32 work) or ``"cuda-fp16"`` / ``"cuda-bf16"``."""
+    if library == "numpy":
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((size, size), dtype=np.float32)
+        b = rng.standard_normal((size, size), dtype=np.float32)
+        seconds, _ = best_time(lambda: a @ b, repeats)
+        return 2 * size**3 / seconds / 1e9
+    import torch
+
+    if library == "torch":
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        seconds, _ = best_time(lambda: a @ b, repeats)
+        return 2 * size**3 / seconds / 1e9
+    dtype = {"cuda": torch.float32, "cuda-fp16": torch.float16, "cuda-bf16": torch.bfloat16}
+    a = torch.randn(size, size, device="cuda", dtype=dtype[library])
+    b = torch.randn(size, size, device="cuda", dtype=dtype[library])
+
+    def product():
+        out = a @ b
+        torch.cuda.synchronize()
+        return out
+
+    product()
+    seconds, _ = best_time(product, repeats)
+    return 2 * size**3 / seconds / 1e9
+
+
+def gemm_threads(library: str) -> str:
+    """The thread count :func:`gemm_gflops` ran with, in words."""
+    if library.startswith("cuda"):
+        return "one GPU"
+    if library == "numpy":
+        from threadpoolctl import threadpool_info  # scikit-learn's dependency
+
+        counts = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+        return f"{'/'.join(str(c) for c in sorted(counts)) or '?'} BLAS threads"
+    import torch
+
+    return f"{torch.get_num_threads()} torch threads"
+
+
+def gemm_line(library: str = "torch", size: int = GEMM_SIZE) -> tuple[float, str]:
+    """``(GFLOP/s, a line to print)`` of :func:`gemm_gflops`."""
+    rate = gemm_gflops(library, size)
+    dtype = {"cuda-fp16": "float16", "cuda-bf16": "bfloat16"}.get(library, "float32")
+    name = {"torch": "torch CPU", "numpy": "NumPy BLAS"}.get(library, "torch CUDA")
+    return rate, (
+        f"dense {dtype} GEMM {size}x{size}x{size}, {name}, {gemm_threads(library)}: "
+        f"{rate:.1f} GFLOP/s (measured in this run)"
+    )
+
+
+def achieved(flops: float, seconds: float, gemm_rate: float) -> str:
+    """``"X GFLOP/s = Y% of GEMM"`` for ``flops`` done in ``seconds``."""
+    rate = flops / seconds / 1e9
+    return f"{rate:.1f} GFLOP/s = {rate / gemm_rate:.0%} of GEMM"
+
+
+def forward_flops(model: Any, example: Any) -> float:
+    """FLOPs of one forward pass of ``model`` on ``example`` (a multiply-add counts two),
+    from ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matrix products)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(example)
+    return float(counter.get_total_flops())
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:

@@ -17,7 +17,10 @@ For each configuration it prints:
   and the pose colour jitter); what is left is loop overhead (``other``);
 * at the small configuration, the data loaders' images/second with the default number of
   workers (source and target loaders together, measured alone after worker start-up) and its
-  ratio to what the step consumes; the target is >= 1.5x.
+  ratio to what the step consumes; the target is >= 1.5x;
+* the FLOPs of one step (``FlopCounterMode`` around one whole step, forward and backward,
+  a multiply-add counted as two), the achieved GFLOP/s and its fraction of a dense float32
+  matrix product measured at the start of the run with the same threads (fp16 for AMP).
 
 Data are synthetic domains from the ``synthetic:`` specs (generated into the cache on first
 use). Configurations: resnet18 at 128x64 with batch 32 and resnet50 at 224x224 with batch 4 on
@@ -33,6 +36,8 @@ import time
 from collections import defaultdict
 
 import torch
+from _common import achieved, gemm_line
+from torch.utils.flop_counter import FlopCounterMode
 
 from crossreid.data.loaders import (
     build_source_loader,
@@ -95,8 +100,10 @@ def measure_step(
     amp: bool,
     steps: int,
     warmup: int,
+    gemm: float,
 ) -> float:
-    """Time ``steps`` training steps; print images/s and part shares; return step images/s."""
+    """Time ``steps`` training steps; print images/s, part shares and the achieved fraction
+    of ``gemm`` (GFLOP/s); return step images/s."""
     spec = f"synthetic:{{}}?ids=60&images=8&size={size[0]}x{size[1]}"
     source = resolve_dataset(spec.format("A"), progress=False)
     target = resolve_dataset(spec.format("B"), progress=False)
@@ -138,7 +145,12 @@ def measure_step(
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    run(warmup, 0)
+    (x, pids, _, _), (t, _, _) = batches[0]
+    counter = FlopCounterMode(display=False)
+    with counter:  # the first warm-up step, counted
+        step_fn(0, x, pids, t)
+    step_flops = float(counter.get_total_flops())
+    run(max(0, warmup - 1), 1)
     timer.enabled = True
     seconds = run(steps, warmup)
     images = 2 * batch * steps  # source + target images per step
@@ -146,7 +158,8 @@ def measure_step(
     print(
         f"[{label}] {backbone} {size[0]}x{size[1]} batch {batch}+{batch} (source+target) "
         f"on {device}{' AMP' if amp else ''}: {seconds / steps * 1000:.0f} ms/step, "
-        f"{ips:.1f} images/s"
+        f"{ips:.1f} images/s; {step_flops / 1e9:.1f} GFLOP per step (forward + backward), "
+        f"{achieved(step_flops * steps, seconds, gemm)}"
     )
     shares = {p: timer.totals.get(p, 0.0) for p in PARTS}
     shares["other"] = max(0.0, seconds - sum(shares.values()))
@@ -185,10 +198,12 @@ def main() -> None:
     steps = 3 if args.quick else 6
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    gemm, line = gemm_line("torch")
+    print(line)
 
     small_ips = measure_step(
         "cpu small", backbone="resnet18", size=(128, 64), batch=32, k=4, device=cpu,
-        amp=False, steps=steps, warmup=1,
+        amp=False, steps=steps, warmup=1, gemm=gemm,
     )  # fmt: skip
     loader_ips = measure_loader((128, 64), 32, 4, batches=6 if args.quick else 12)
     ratio = loader_ips / small_ips
@@ -200,17 +215,21 @@ def main() -> None:
     if not args.no_full:
         measure_step(
             "cpu full", backbone="resnet50", size=(224, 224), batch=4, k=2, device=cpu,
-            amp=False, steps=max(2, steps // 2), warmup=1,
+            amp=False, steps=max(2, steps // 2), warmup=1, gemm=gemm,
         )  # fmt: skip
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
+        cuda_fp32, line = gemm_line("cuda", 8192)
+        print(f"[cuda] {line}")
+        cuda_fp16, line = gemm_line("cuda-fp16", 8192)
+        print(f"[cuda] {line}")
         fp32 = measure_step(
             "cuda fp32", backbone="resnet50", size=(224, 224), batch=16, k=4, device=cuda,
-            amp=False, steps=20, warmup=5,
+            amp=False, steps=20, warmup=5, gemm=cuda_fp32,
         )  # fmt: skip
         amp = measure_step(
             "cuda amp", backbone="resnet50", size=(224, 224), batch=16, k=4, device=cuda,
-            amp=True, steps=20, warmup=5,
+            amp=True, steps=20, warmup=5, gemm=cuda_fp16,
         )  # fmt: skip
         print(f"[cuda] AMP speed-up over fp32: {amp / fp32:.2f}x")
     else:

@@ -21,3 +21,19 @@ def one_torch_thread():
 
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_graph_cache(tmp_path_factory):
+    """Exported ONNX graphs (the ``auto`` inference engine) go to a folder of this session,
+    not the user's cache (``crossreid.inference.onnx_engine.onnx_cache_dir``); child
+    processes inherit it."""
+    import os
+
+    before = os.environ.get("CROSSREID_ONNX_CACHE")
+    os.environ["CROSSREID_ONNX_CACHE"] = str(tmp_path_factory.mktemp("onnx-cache"))
+    yield
+    if before is None:
+        os.environ.pop("CROSSREID_ONNX_CACHE", None)
+    else:
+        os.environ["CROSSREID_ONNX_CACHE"] = before

@@ -7,7 +7,9 @@ dynamic batch dimension ``B``. The pose encoder, decoder and classifier are not 
 * **ONNX** uses PyTorch's TorchScript-based exporter (``torch.onnx.export(...,
   dynamo=False)`` with ``dynamic_axes``): it works offline with the pinned torch alone,
   whereas the newer ``dynamo=True`` exporter needs the extra ``onnxscript`` package. Input
-  ``images``, output ``features``, opset 17.
+  ``images``, output ``features``, opset 17. It is the exporter of the inference engine
+  (:func:`crossreid.inference.onnx_engine.export_onnx`), so a file written here is the
+  graph ``--engine onnxruntime`` runs.
 * **TorchScript** traces the network and freezes it (``torch.jit.freeze``), which inlines
   the weights it uses and drops the rest, so the file holds the identity encoder only.
 
@@ -34,6 +36,8 @@ import torch
 from torch import nn
 
 from crossreid.errors import ConfigError, CrossReIDError
+from crossreid.inference.onnx_engine import INPUT_NAME, open_session
+from crossreid.inference.onnx_engine import export_onnx as _export_onnx
 from crossreid.models.checkpoint import find_checkpoint, load_checkpoint
 from crossreid.utils.io import atomic_path
 
@@ -42,9 +46,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["EXPORT_FORMATS", "ExportError", "export_model", "export_network"]
 
 EXPORT_FORMATS = ("onnx", "torchscript")
-ONNX_OPSET = 17
-INPUT_NAME = "images"
-OUTPUT_NAME = "features"
 
 
 class ExportError(CrossReIDError, RuntimeError):
@@ -62,26 +63,6 @@ class _FeatureNetwork(nn.Module):
         return self.model(images)
 
 
-def _export_onnx(network: nn.Module, example: torch.Tensor, target: Path) -> None:
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter is deprecated in favour of dynamo=True, which
-        # needs onnxscript; this one is still supported by the pinned torch.
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        warnings.simplefilter("ignore", category=UserWarning)
-        torch.onnx.export(
-            network,
-            (example,),
-            str(target),
-            dynamo=False,
-            export_params=True,
-            opset_version=ONNX_OPSET,
-            do_constant_folding=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-
-
 def _export_torchscript(network: nn.Module, example: torch.Tensor, target: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, but remains the way to write a
@@ -96,9 +77,7 @@ def _export_torchscript(network: nn.Module, example: torch.Tensor, target: Path)
 def run_exported(path: str | os.PathLike[str], fmt: str, images: np.ndarray) -> np.ndarray:
     """Run an exported file on ``images`` ``[B, 3, H, W]`` float32 → ``[B, D]`` (CPU)."""
     if fmt == "onnx":
-        import onnxruntime as ort  # optional at run time: only the export check needs it
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = open_session(path)
         return session.run(None, {INPUT_NAME: images.astype(np.float32)})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
@@ -149,7 +128,7 @@ def export_network(
     out = Path(out)
     with atomic_path(out) as target:
         if fmt == "onnx":
-            _export_onnx(network, example, target)
+            _export_onnx(model, example, target)
         else:
             _export_torchscript(network, example, target)
         if verify:

@@ -163,6 +163,51 @@ def test_bad_input_exits_2_and_never_half_overwrites_the_output(setup, tmp_path,
         main([*args, "--dataset", SPEC, "--out", str(out)])
 
 
+def test_engine_option_gives_the_same_features_and_bad_engines_exit_2(
+    setup, tmp_path, capsys, monkeypatch
+) -> None:
+    base = ["extract", "--checkpoint", setup["checkpoint"], "--dataset", f"folder:{setup['data']}"]
+    base += ["--workers", "0", "--device", "cpu", "--batch-size", "5", "--no-progress"]
+    with np.load(setup["features"]) as data:  # written with the default engine, auto
+        auto = {key: data[key] for key in ("qf", "gf")}
+    for engine in ("torch", "onnxruntime"):
+        out = tmp_path / f"{engine}.npz"
+        assert main([*base, "--engine", engine, "--out", str(out)]) == 0
+        with np.load(out) as data:
+            for key, expected in auto.items():
+                scale = max(1.0, float(np.abs(expected).max()))
+                assert np.abs(data[key] - expected).max() <= 1e-4 * scale
+    capsys.readouterr()
+    dataset = ["--dataset", f"folder:{setup['data']}", "--workers", "0", "--no-progress"]
+    evaluate = ["evaluate", "--checkpoint", setup["checkpoint"], *dataset, "--json"]
+    assert main([*evaluate, "--engine", "torch"]) == 0
+    with_torch = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--features", str(setup["features"]), "--json"]) == 0
+    assert with_torch == pytest.approx(json.loads(capsys.readouterr().out), abs=1e-3)
+
+    out = tmp_path / "x.npz"
+    assert main([*base, "--engine", "tensorrt", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown engine 'tensorrt'; expected one of auto, torch, onnxruntime" in err
+    from crossreid.inference import onnx_engine
+
+    def no_graph(model, size):
+        raise onnx_engine.NotExportable("an operator without an ONNX form")
+
+    monkeypatch.setattr(onnx_engine, "_export_bytes", no_graph)
+    monkeypatch.setenv("CROSSREID_ONNX_CACHE", str(tmp_path / "empty-cache"))
+    onnx_engine.clear_session_cache()
+    try:
+        assert main([*base, "--engine", "onnxruntime", "--out", str(out)]) == 2
+    finally:
+        onnx_engine.clear_session_cache()
+    assert capsys.readouterr().err == (
+        "crossreid extract: error: engine 'onnxruntime': the model does not export to ONNX "
+        "(an operator without an ONNX form); use --engine torch\n"
+    )
+    assert not out.exists()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -18,6 +18,13 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per batch")
     parser.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
+        "--engine",
+        default="auto",
+        metavar="E",
+        help="auto (onnxruntime on the CPU when the model exports to ONNX, else torch), torch "
+        "or onnxruntime (CPU only; fails for a model that does not export)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -42,12 +49,20 @@ def add_camera_bn_argument(parser) -> None:
 
 def extraction_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for the extraction functions from the parsed options (the device
-    is resolved by the library: ``cuda:LOCAL_RANK`` under torchrun)."""
-    from crossreid.utils.devices import resolve_device  # torch: loaded when a command runs
+    is resolved by the library: ``cuda:LOCAL_RANK`` under torchrun; the engine name is
+    checked before any checkpoint is read).
+
+    Raises:
+        ConfigError: an unknown device or engine.
+    """
+    # torch: loaded when a command runs, not for --help
+    from crossreid.inference.engine import check_engine
+    from crossreid.utils.devices import resolve_device
 
     return {
         "batch_size": args.batch_size,
         "device": resolve_device(args.device),
+        "engine": check_engine(args.engine),
         "flip": args.flip,
         "workers": args.workers,
         "progress": args.progress,

@@ -121,7 +121,7 @@ def evaluate_model(
             statistics (see :mod:`crossreid.inference.camera_bn`).
         extraction: options of :func:`~crossreid.inference.extract_features_distributed`
             (``batch_size``, ``device``, ``flip``, ``workers``, ``progress``,
-            ``channels_last``, ...).
+            ``channels_last``, ``engine``: ``"auto"``, ``"torch"`` or ``"onnxruntime"``, ...).
 
     Returns:
         :class:`ModelEvaluation`, or ``None`` on ranks other than 0 under ``torchrun``.

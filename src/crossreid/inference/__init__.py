@@ -2,6 +2,8 @@
 
 * :func:`extract_features` (one process), :func:`extract_features_distributed` (``torchrun``)
   and :func:`extract_query_gallery`: images → re-ID feature vectors, in record order;
+* :mod:`~crossreid.inference.engine`: the engine choice (``auto``, ``torch``, ``onnxruntime``);
+  :mod:`~crossreid.inference.onnx_engine`: the ONNX export and its graph cache;
 * :mod:`~crossreid.inference.runtime`: BatchNorm folding, eval mode and channels_last;
 * :mod:`~crossreid.inference.camera_bn`: camera-wise BatchNorm statistics (test-time
   adaptation to a new camera network);
@@ -21,6 +23,7 @@ Example::
 """
 
 from crossreid.inference.camera_bn import kept_batchnorm_statistics, recalibrate_batchnorm
+from crossreid.inference.engine import ENGINES, check_engine, feature_engine
 from crossreid.inference.extraction import (
     ExtractedFeatures,
     extract_features,
@@ -37,12 +40,15 @@ from crossreid.inference.images import records_from_folder, records_from_paths
 from crossreid.inference.runtime import fuse_batchnorm, inference_network
 
 __all__ = [
+    "ENGINES",
     "QUERY_GALLERY_KEYS",
     "ExtractedFeatures",
+    "check_engine",
     "extract_features",
     "extract_features_camera_bn",
     "extract_features_distributed",
     "extract_query_gallery",
+    "feature_engine",
     "fuse_batchnorm",
     "inference_network",
     "kept_batchnorm_statistics",

@@ -39,7 +39,9 @@ def extract_to_file(
         images: a folder of crops (recursive).
         camera_bn: with ``dataset``, camera-wise BatchNorm statistics from its training split.
         device, extraction: options of
-            :func:`~crossreid.inference.extract_features_distributed`.
+            :func:`~crossreid.inference.extract_features_distributed` (``batch_size``,
+            ``flip``, ``workers``, ``progress``, ``engine``: ``"auto"``, ``"torch"`` or
+            ``"onnxruntime"``, ...).
 
     Raises:
         ConfigError, DatasetError, CheckpointError: bad options, data or checkpoint; all of

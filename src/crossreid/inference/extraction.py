@@ -1,11 +1,12 @@
 """Feature extraction: images → re-ID feature vectors, in one process or across ranks.
 
 :func:`extract_features` runs a model's ``forward`` (the identity vector) over a list of
-:class:`~crossreid.data.base.ImageRecord` in dataset order, under
-:func:`torch.inference_mode`, with BatchNorm folded into the preceding convolutions and
-``channels_last`` tensors (oneDNN's fast convolution layout on CPU;
-``benchmarks/extract_speed.py`` measures the gain), optionally averaging
-each image's features with those of its horizontal mirror.
+:class:`~crossreid.data.base.ImageRecord` in dataset order, optionally averaging each
+image's features with those of its horizontal mirror. The engine
+(:mod:`crossreid.inference.engine`) is onnxruntime on the CPU when the model exports to
+ONNX (once per weights, cached), else PyTorch under :func:`torch.inference_mode` with
+BatchNorm folded into the preceding convolutions and ``channels_last`` tensors;
+``benchmarks/extract_speed.py`` measures each.
 
 :func:`extract_features_distributed` is the ``torchrun`` path: every rank extracts a
 strided share of the records and rank 0 receives one merged result in the original order.
@@ -40,8 +41,8 @@ from crossreid.inference.camera_bn import (
     kept_batchnorm_statistics,
     recalibrate_batchnorm,
 )
+from crossreid.inference.engine import check_engine, feature_engine
 from crossreid.inference.features_file import query_gallery_arrays
-from crossreid.inference.runtime import inference_network
 from crossreid.utils.devices import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -89,11 +90,13 @@ def _extract_indexed(
     progress: bool,
     channels_last: bool,
     fuse_bn: bool,
+    engine: str,
     desc: str,
+    persist: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(features [M, D] float32, record indices [M] int64, corrupt count)`` for the M
     readable records, in record order (``batch_size`` already checked, ``device`` as given
-    by the caller)."""
+    by the caller; ``persist``: see :func:`~crossreid.inference.engine.feature_engine`)."""
     device = resolve_device(device)
     loader = build_test_loader(
         records, image_size, int(batch_size), workers, pin_memory=device.type == "cuda"
@@ -101,20 +104,21 @@ def _extract_indexed(
     renormalise = bool(getattr(model, "normalize_features", False))
     chunks: list[np.ndarray] = []
     indices: list[np.ndarray] = []
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     with (
-        inference_network(model, device, channels_last, fuse_bn) as network,
+        feature_engine(
+            model, device, image_size, engine=engine, channels_last=channels_last,
+            fuse_bn=fuse_bn, persist=persist, desc=desc,
+        ) as network,
         torch.inference_mode(),
-    ):
+    ):  # fmt: skip
         for batch in _progress(loader, len(loader), desc, progress):
             if batch is None:  # every image of the batch was unreadable
                 continue
             images, _, _, index = batch
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            images = images.to(device, non_blocking=True)
             features = network(images)
             if flip:
-                mirrored = torch.flip(images, dims=[3]).contiguous(memory_format=memory_format)
-                features = (features + network(mirrored)) / 2
+                features = (features + network(torch.flip(images, dims=[3]))) / 2
                 if renormalise:  # the mean of two unit vectors is not a unit vector
                     features = F.normalize(features, dim=1)
             chunks.append(features.float().cpu().numpy())
@@ -127,7 +131,8 @@ def _extract_indexed(
     return np.concatenate(chunks), np.concatenate(indices), corrupt
 
 
-def _check_args(records: Sequence[ImageRecord], batch_size: int) -> None:
+def _check_args(records: Sequence[ImageRecord], batch_size: int, engine: str) -> None:
+    check_engine(engine)
     if len(records) == 0:
         raise DatasetError("no images to extract features from")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
@@ -168,6 +173,7 @@ def extract_features(
     progress: bool = False,
     channels_last: bool = True,
     fuse_bn: bool = True,
+    engine: str = "auto",
     desc: str = "extract",
     camera_bn: Sequence[ImageRecord] | None = None,
 ) -> ExtractedFeatures:
@@ -188,6 +194,10 @@ def extract_features(
         channels_last: run convolutions in the channels_last layout.
         fuse_bn: fold BatchNorm layers into the convolutions before them (eval-mode
             arithmetic, the same features up to float rounding; see :func:`fuse_batchnorm`).
+        engine: ``"auto"`` (onnxruntime on the CPU when the model exports, else torch),
+            ``"torch"`` or ``"onnxruntime"`` (see :mod:`crossreid.inference.engine`; the
+            features agree within 1e-4 relative). ``channels_last`` and ``fuse_bn`` apply
+            to torch.
         desc: label of the progress bar and of warnings.
         camera_bn: unlabelled images of the same camera network (e.g. its training split):
             when given, each camera's records are extracted with BatchNorm statistics
@@ -200,7 +210,8 @@ def extract_features(
 
     Raises:
         DatasetError: no records, or none of them readable.
-        ConfigError: bad batch size or device.
+        ConfigError: bad batch size, device or engine, or ``engine="onnxruntime"`` for a
+            model that does not export to ONNX (or on a CUDA device).
     """
     options = {
         "batch_size": batch_size,
@@ -210,9 +221,10 @@ def extract_features(
         "progress": progress,
         "channels_last": channels_last,
         "fuse_bn": fuse_bn,
+        "engine": engine,
         "desc": desc,
     }
-    _check_args(records, batch_size)
+    _check_args(records, batch_size, engine)
     size = _default_image_size(model, image_size)
     if camera_bn is not None:
         features, indices = _extract_per_camera(model, records, camera_bn, size, options)
@@ -289,8 +301,10 @@ def _extract_per_camera(
                 device=options["device"],
                 workers=options["workers"],
             )
+            # This camera's statistics are transient weights: an ONNX graph of them is
+            # kept in memory only.
             features, local, _ = _extract_indexed(
-                model, own, size, **{**options, "desc": f"{desc} camera {camera}"}
+                model, own, size, **{**options, "desc": f"{desc} camera {camera}"}, persist=False
             )
             if len(local):
                 chunks.append(features)
@@ -314,6 +328,7 @@ def extract_features_distributed(
     progress: bool = False,
     channels_last: bool = True,
     fuse_bn: bool = True,
+    engine: str = "auto",
     desc: str = "extract",
     dst: int = 0,
 ) -> ExtractedFeatures | None:
@@ -335,11 +350,12 @@ def extract_features_distributed(
         "workers": workers,
         "channels_last": channels_last,
         "fuse_bn": fuse_bn,
+        "engine": engine,
         "desc": desc,
     }
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return extract_features(model, records, image_size, progress=progress, **options)
-    _check_args(records, batch_size)
+    _check_args(records, batch_size, engine)
     rank, world = dist.get_rank(), dist.get_world_size()
     size = _default_image_size(model, image_size)
     share = list(range(rank, len(records), world))

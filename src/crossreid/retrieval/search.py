@@ -45,7 +45,9 @@ def search_images(
             ``status`` of each match).
         topk: matches per query, clamped to the gallery size with a warning.
         names: how messages call the index and the model (e.g. their files).
-        extraction: options of :func:`~crossreid.inference.extract_features`.
+        extraction: options of :func:`~crossreid.inference.extract_features` (``device``,
+            ``batch_size``, ``flip``, ``engine``: ``"auto"``, ``"torch"`` or
+            ``"onnxruntime"``, ...).
 
     Returns:
         One ``{"query", "pid", "camid", "matches": [{"rank", "index", "path", "pid", "camid",
