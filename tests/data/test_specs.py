@@ -80,7 +80,7 @@ def test_bad_specs_raise_config_errors(spec: str, message: str) -> None:
 
 def test_describe_spec() -> None:
     assert describe_spec(TINY_SPEC) == (
-        "synthetic domain B (6 ids x 4 images, 2 cameras, seed 0, 32x16)"
+        "synthetic domain B (6 ids x 4 images, 3 of them for training, 2 cameras, seed 0, 32x16)"
     )
     assert describe_spec("folder:/x") == "folder /x"
     assert describe_spec("cuhk03?subset=labeled") == "dataset cuhk03 (subset=labeled)"

@@ -30,15 +30,17 @@ TINY = demo.DemoRecipe(
         "image_every": 1,
     },
     adapt=dict(demo.DEFAULT_RECIPE.adapt),
-    # Two steps of the pseudo-label stage, clustering before each, at the tiny scale.
+    # Two steps of the pseudo-label stage, clustering before each, at the tiny scale. With
+    # min_samples 1 and a small eps every image is a cluster unless a near-duplicate is
+    # within eps: the code path of the stage, whatever the two-step model's features.
     pseudo={
         **demo.DEFAULT_RECIPE.pseudo,
         "max_steps": 2,
         "warmup_steps": 1,
         "cluster_every": 1,
         "cluster_k1": 3,
-        "cluster_min_samples": 2,
-        "cluster_eps": 0.7,
+        "cluster_min_samples": 1,
+        "cluster_eps": 0.05,
         "batch_size": 4,
     },
 )

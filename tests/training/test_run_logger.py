@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from crossreid.training.run_logger import RunLogger, read_metrics
+from crossreid.training.run_logger import METRIC_KEYS, RunLogger, read_metrics
 
 METRICS = {"rank1": 0.5, "rank5": 0.75, "rank10": 0.8, "rank20": 0.9, "mAP": 0.4, "mINP": 0.1}
 
@@ -42,3 +42,14 @@ def test_disabled_logger_writes_nothing(tmp_path):
     assert log.evaluation(5, METRICS)["step"] == 5
     log.close()
     assert not (tmp_path / "rank1").exists()
+
+
+def test_a_run_resumed_after_its_last_step_logs_that_evaluation_once(tmp_path):
+    first = RunLogger(tmp_path)
+    first.evaluation(10, dict.fromkeys(METRIC_KEYS, 0.5))
+    first.close()
+    again = RunLogger(tmp_path, resume_step=10)  # killed after the last save: step 10 again
+    again.evaluation(10, dict.fromkeys(METRIC_KEYS, 0.5))
+    again.evaluation(20, dict.fromkeys(METRIC_KEYS, 0.6))
+    again.close()
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20]

@@ -47,6 +47,7 @@ def _evaluate(model, dataset, config: TrainConfig) -> tuple[dict[str, float], di
         flip=False,
         workers=0,
         channels_last=False,
+        engine=config.engine,
     )
     metrics = {key: value for key, value in evaluation.metrics.items() if key in METRICS}
     return metrics, evaluation.arrays

@@ -107,6 +107,10 @@ _COMMON_TRAIN: dict[str, Any] = {
     "dist_metric": "cosine",
     "workers": 0,
     "device": "cpu",
+    # The demo's evaluations and clusterings each extract a few thousand 64x32 images, with
+    # camera-wise BatchNorm one graph per camera: an ONNX export per call (1.6 s for resnet18
+    # at 128x64 in benchmarks/extract_speed.py) would cost more than onnxruntime saves.
+    "engine": "torch",
     "log_every": 10,
     "image_every": 100,
 }

@@ -129,7 +129,7 @@ class ClusterMethod:
         extracted = extract_features(
             self.model, self.records, c.image_size, batch_size=c.eval_batch_size,
             device=self.device, flip=c.cluster_flip, workers=c.workers,
-            channels_last=c.channels_last, desc="cluster",
+            channels_last=c.channels_last, desc="cluster", engine=c.engine,
             camera_bn=self.records if c.cluster_camera_bn else None,
         )  # fmt: skip
         features = extracted.features / np.maximum(

@@ -226,6 +226,13 @@ class TrainConfig:
     # -- runtime ---------------------------------------------------------------------------
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", "runtime")
     amp: bool = _f(False, "mixed precision (CUDA only; ignored with a warning on CPU)", "runtime")
+    engine: str = _f(
+        "auto",
+        "inference engine of the evaluations and of the pseudo-label stage's feature "
+        "extraction: auto (onnxruntime on CPU when the model exports, torch on CUDA), torch "
+        "or onnxruntime",
+        "runtime",
+    )
     channels_last: bool = _f(False, "channels-last memory format", "runtime")
     seed: int = _f(0, "random seed (data order, augmentation, initialisation)", "runtime")
     resume: str | None = _f(None, "continue a run: its folder or a checkpoint file", "runtime")

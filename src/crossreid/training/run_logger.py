@@ -60,12 +60,15 @@ class RunLogger:
         self.enabled = enabled
         self.metrics_path = self.output / "metrics.jsonl"
         self._writer = None
+        self._evaluated: set[int] = set()
         if not enabled:
             return
         make_folder(self.output)
         if resume_step is not None:
             kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= resume_step]
             write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            # A run resumed after its last step evaluates that step again: log it once.
+            self._evaluated = {r["step"] for r in kept if "kind" not in r}
         elif self.metrics_path.exists():
             self.metrics_path.unlink()
         # tensorboard's writer pulls in the tensorboard package (protobuf ...): only for rank 0.
@@ -96,8 +99,9 @@ class RunLogger:
     def evaluation(self, step: int, metrics: Mapping[str, float]) -> dict:
         """Append one ``metrics.jsonl`` line and write ``eval/<metric>`` scalars; returns it."""
         record = {"step": int(step), **{k: float(metrics[k]) for k in METRIC_KEYS}}
-        if self._writer is None:
+        if self._writer is None or record["step"] in self._evaluated:
             return record
+        self._evaluated.add(record["step"])
         append_line(self.metrics_path, json.dumps(record))
         self.scalars(step, {k: record[k] for k in METRIC_KEYS}, prefix="eval/")
         self._writer.flush()

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from crossreid.errors import CheckpointError, TrainingError, TrainingInterrupted
 from crossreid.evaluation.pipeline import evaluate_model
+from crossreid.inference.engine import check_engine
 from crossreid.models import CrossDomainReID
 from crossreid.models.checkpoint import (
     build_checkpoint,
@@ -202,6 +203,7 @@ def build_run(
 ) -> RunState:
     """Data, model, loaders, optimiser, schedule and step of a run, restored when resuming."""
     device = resolve_device(config.device, dist_info.local_rank)
+    check_engine(config.engine)
     amp = config.amp
     if amp and device.type != "cuda":
         warnings.warn("--amp needs CUDA; training in float32 on CPU", stacklevel=3)
@@ -446,6 +448,7 @@ def _evaluate(state: RunState) -> bool:
         device=state.device,
         channels_last=config.channels_last,
         flip=False,
+        engine=config.engine,
     )
     metrics = evaluation.metrics
     state.final_metrics, state.final_cmc = metrics, evaluation.cmc
