@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from crossreid.data.specs import resolve_dataset
 from crossreid.demo.recipe import METRICS, DemoRecipe, train_config
-from crossreid.errors import ConfigError
+from crossreid.errors import ClusteringError, ConfigError
 from crossreid.evaluation.pipeline import evaluate_model
 from crossreid.training.config import TrainConfig
 from crossreid.training.trainer import train
@@ -176,7 +176,7 @@ def run_jobs(
                     raise results.runs[job.after]
                 with torch_threads(1):
                     run = _train_and_evaluate(recipe, job, seed, output, datasets, progress)
-            except ConfigError as err:
+            except (ConfigError, ClusteringError) as err:
                 run = err
             results.finished(job, run)
     else:
@@ -235,7 +235,7 @@ def _run_in_workers(
                 pending.discard(future)
                 job, error = futures[future], future.exception()
                 results.finished(job, error if error is not None else future.result())
-                if error is not None and not isinstance(error, ConfigError):
+                if error is not None and not isinstance(error, ConfigError | ClusteringError):
                     for other in pending:
                         other.cancel()
                     raise error

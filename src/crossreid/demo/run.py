@@ -14,7 +14,7 @@ from crossreid.demo import recipe as recipes
 from crossreid.demo.jobs import Job, run_jobs
 from crossreid.demo.recipe import MODEL_LABELS, STARTS_FROM, DemoRecipe
 from crossreid.demo.report import ranked_rows
-from crossreid.errors import ConfigError
+from crossreid.errors import ClusteringError, ConfigError
 from crossreid.retrieval.visualize import render_ranked_rows
 from crossreid.training.config import TrainConfig
 
@@ -88,12 +88,15 @@ def run_demo(
     runs: dict[str, dict[str, Any]] = {}
     for job in jobs:  # in table order
         run = done[job.key]
-        if isinstance(run, BaseException):
+        if isinstance(run, ClusteringError):  # the stage found no usable clusters: say so
+            log(f"{job.label}: no row, the pseudo-label stage stopped ({run})")
+        elif isinstance(run, BaseException):
             raise run
-        runs[job.key] = run
+        else:
+            runs[job.key] = run
 
     metric = recipe.train.get("dist_metric", "cosine")
-    keys = ("source_only", "adapted", "pseudo_labels")
+    keys = tuple(k for k in ("source_only", "adapted", "pseudo_labels") if k in runs)
     rows = ranked_rows(runs, datasets["B"], keys, num_queries, 10, seed, metric)
     ranked = render_ranked_rows(
         rows,
@@ -168,6 +171,8 @@ def run_ablation(
         if isinstance(run, ConfigError):
             # e.g. w_cls=0 when no other term supervises the identity encoder.
             log(f"{job.label}: skipped, not a valid training configuration ({run})")
+        elif isinstance(run, ClusteringError):
+            log(f"{job.label}: no row, the pseudo-label stage stopped ({run})")
         elif isinstance(run, BaseException):
             raise run
         else:
