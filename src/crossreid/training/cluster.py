@@ -33,7 +33,7 @@ from torch import nn
 
 from crossreid.data.base import ImageRecord
 from crossreid.data.loaders import build_source_loader, infinite_batches
-from crossreid.errors import ClusteringError, ConfigError, TrainingError
+from crossreid.errors import ClusteringError, ConfigError
 from crossreid.evaluation.clustering import (
     PseudoLabels,
     cluster_pseudo_labels,
@@ -44,7 +44,7 @@ from crossreid.evaluation.jaccard import jaccard_distance
 from crossreid.inference import extract_features
 from crossreid.training.config import TrainConfig
 from crossreid.training.data import TrainingData, loader_options
-from crossreid.training.step import StepOutput, step_seed
+from crossreid.training.step import StepOutput, optimise, step_seed
 from crossreid.utils.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
@@ -207,30 +207,12 @@ class ClusterMethod:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.scaler is not None):
             _, vectors = self.model.encode_identity(images)
         loss = cluster_contrast_loss(vectors.float(), labels, self.memory, c.memory_temperature)
-        total = c.w_ccl * loss
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            total.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-        value = float(total.detach())
-        if not math.isfinite(value) or (self.scaler is None and not math.isfinite(norm)):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(
-                f"loss is not finite at step {state.step + 1} (total={value:.4g}, "
-                f"grad_norm={norm:.4g}; ccl={float(loss):.4g})"
-            )
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
+        values = optimise(
+            c.w_ccl * loss, {"ccl": loss}, self.optimizer, self.scheduler, self.scaler,
+            self.params, state.step,
+        )  # fmt: skip
         update_memory(self.memory, vectors, labels, c.memory_momentum)
-        return StepOutput({"total": value, "ccl": float(loss.detach())}, norm, None)
+        return StepOutput({"total": values[0], "ccl": values[2]}, values[1], None)
 
     # -- checkpoint --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

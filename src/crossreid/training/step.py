@@ -41,6 +41,7 @@ __all__ = [
     "StepOutput",
     "StepTensors",
     "TrainingStep",
+    "optimise",
     "positive_permutation",
     "step_seed",
 ]
@@ -80,6 +81,52 @@ def positive_permutation(
         shift = int(torch.randint(1, n, (1,), generator=generator))
         perm[members] = members.roll(shift)
     return perm
+
+
+def optimise(
+    total: torch.Tensor,
+    terms: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    params: list[torch.Tensor],
+    step: int,
+) -> list[float]:
+    """Backward, optimiser and schedule step of a method's step; returns ``[total, grad_norm,
+    *terms]`` as floats (one host sync).
+
+    Raises:
+        TrainingError: the loss or the gradient norm is not finite; the weights are untouched.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    grad_norm = (
+        torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=total.device)
+    )
+    values = torch.stack(
+        [total.detach().float(), grad_norm.float(), *(t.detach().float() for t in terms.values())]
+    ).tolist()
+    total_value, norm_value = values[0], values[1]
+    if not math.isfinite(total_value) or (scaler is None and not math.isfinite(norm_value)):
+        optimizer.zero_grad(set_to_none=True)
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in zip(terms, values[2:], strict=True))
+        what = "loss" if not math.isfinite(total_value) else "gradient norm"
+        raise TrainingError(
+            f"{what} is not finite at step {step + 1} (total={total_value:.4g}, "
+            f"grad_norm={norm_value:.4g}; {detail})"
+        )
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    return values
 
 
 @dataclass
@@ -339,46 +386,9 @@ class TrainingStep:
     def _update(
         self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]
     ) -> list[float]:
-        """Backward and optimiser step; returns ``[total, grad_norm, *terms]`` as floats.
-
-        Raises :class:`TrainingError` (weights untouched) on a non-finite loss or gradient.
-        """
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            total.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = (
-            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        return optimise(
+            total, terms, self.optimizer, self.scheduler, self.scaler, self.params, step
         )
-        # One host sync per step for all the numbers the loop reports.
-        values = torch.stack(
-            [
-                total.detach().float(),
-                grad_norm.float(),
-                *(t.detach().float() for t in terms.values()),
-            ]
-        ).tolist()
-        total_value, norm_value = values[0], values[1]
-        if not math.isfinite(total_value) or (
-            self.scaler is None and not math.isfinite(norm_value)
-        ):
-            self.optimizer.zero_grad(set_to_none=True)
-            detail = ", ".join(f"{k}={v:.4g}" for k, v in zip(terms, values[2:], strict=True))
-            what = "loss" if not math.isfinite(total_value) else "gradient norm"
-            raise TrainingError(
-                f"{what} is not finite at step {step + 1} (total={total_value:.4g}, "
-                f"grad_norm={norm_value:.4g}; {detail})"
-            )
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        return values
 
     def _image_grids(self, batch: StepTensors) -> dict[str, torch.Tensor]:
         """Input, positive, pose input and reconstructions of the first 8 images (TensorBoard)."""
