@@ -352,7 +352,9 @@ class TrainingStep:
             weights = {term.name: term.weight(c) for term in self.terms}
             total = sum(weights[name] * value for name, value in terms.items())
         with timer("backward_optimizer"):
-            values = self._update(step, total, terms)
+            values = optimise(
+                total, terms, self.optimizer, self.scheduler, self.scaler, self.params, step
+            )
         losses = {"total": values[0], **dict(zip(terms, values[2:], strict=True))}
         images = self._image_grids(batch) if keep_images else None
         return StepOutput(losses, values[1], images)
@@ -382,13 +384,6 @@ class TrainingStep:
             pose_jitter(target, generator) if self.use_pose and target is not None else None
         )
         return StepTensors({}, pids, positive.to(dev), source, target, pose_source, pose_target)
-
-    def _update(
-        self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]
-    ) -> list[float]:
-        return optimise(
-            total, terms, self.optimizer, self.scheduler, self.scaler, self.params, step
-        )
 
     def _image_grids(self, batch: StepTensors) -> dict[str, torch.Tensor]:
         """Input, positive, pose input and reconstructions of the first 8 images (TensorBoard)."""
