@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jaccard_oracle import clustered_features, jaccard_distance_oracle
 
+import crossreid.evaluation.jaccard as jaccard_module
 from crossreid.errors import ClusteringError
 from crossreid.evaluation import jaccard_distance
 
@@ -85,6 +87,84 @@ def test_matches_published_algorithm_on_random_inputs(n, dim, k1, k2, seed, dupl
         features = features[np.random.default_rng(seed).integers(0, n, n)]
     k1 = min(k1, n)
     assert_matches_oracle(features, k1, k2)
+
+
+def small_blocks(rows: int, columns: int, seed_columns: int):
+    """Patch the neighbour search's block, panel and seed sizes (the defaults need
+    thousands of items before a second block appears)."""
+    return mock.patch.multiple(
+        jaccard_module,
+        _SEARCH_ROWS=rows,
+        _SEARCH_COLUMNS=columns,
+        _SEED_COLUMNS=seed_columns,
+    )
+
+
+def brute_force_neighbours(features: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first k1 columns of a stable sort of each row of the full similarity matrix."""
+    similarity = features @ features.T
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :k1]
+    return np.take_along_axis(similarity, order, axis=1), order
+
+
+def integer_features(n: int, dim: int, seed: int, values: int = 2) -> np.ndarray:
+    """Small integers as float32, with exact duplicate rows: every inner product is exact
+    whatever the order of the sums, and many of them tie."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(-values, values + 1, (max(1, n // 2), dim)).astype(np.float32)
+    return base[rng.integers(0, base.shape[0], n)]
+
+
+@pytest.mark.parametrize("k1", [1, 2, 7, 30, 119, 120])
+def test_blocked_search_equals_a_stable_sort(k1):
+    # 120 items in 8 blocks of 15 rows, panels of 20 columns, with ties everywhere
+    # (exact duplicates and equal integer products), up to k1 = N.
+    features = integer_features(120, 5, seed=k1)
+    expected_scores, expected_ids = brute_force_neighbours(features, k1)
+    with small_blocks(rows=16, columns=20, seed_columns=4):
+        scores, ids = jaccard_module._nearest_neighbours(features, k1, None)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_blocked_search_on_unit_vectors():
+    features = clustered_features(300, 16, seed=12)
+    features = features[np.random.default_rng(12).integers(0, 300, 300)]  # duplicates
+    expected_scores, expected_ids = brute_force_neighbours(features, 30)
+    with small_blocks(rows=64, columns=100, seed_columns=32):
+        scores, ids = jaccard_module._nearest_neighbours(features, 30, None)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 80),
+    dim=st.integers(1, 6),
+    k1=st.integers(1, 80),
+    rows=st.integers(1, 24),
+    columns=st.integers(1, 40),
+    seed_columns=st.integers(1, 24),
+    seed=st.integers(0, 2**16),
+)
+def test_blocked_search_on_random_block_sizes(n, dim, k1, rows, columns, seed_columns, seed):
+    features = integer_features(n, dim, seed)
+    k1 = min(k1, n)
+    expected_scores, expected_ids = brute_force_neighbours(features, k1)
+    with small_blocks(rows, columns, seed_columns):
+        scores, ids = jaccard_module._nearest_neighbours(features, k1, None)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_matches_published_algorithm_across_search_blocks():
+    # As test_matches_published_algorithm_with_duplicate_samples, the search in blocks.
+    rng = np.random.default_rng(3)
+    base = clustered_features(60, 8, seed=3)
+    copies = np.r_[np.arange(60), rng.integers(0, 60, 60), np.zeros(12, dtype=np.int64)]
+    with small_blocks(rows=20, columns=32, seed_columns=8):
+        assert_matches_oracle(base[rng.permutation(copies)], k1=10, k2=4)
 
 
 def test_two_mutual_pairs_by_hand():
