@@ -51,14 +51,32 @@ def _stage(tiny_config, out, arn_run, **overrides):
 
 def test_stage_clusters_every_epoch_logs_and_trains(tmp_path, tiny_config, arn_run):
     result = train(_stage(tiny_config, tmp_path / "s", arn_run), progress=False)
-    assert result.steps == 6 and set(result.history[0]) == {"total", "ccl"}
+    # Source classification is kept during the stage by default (w_cls 1).
+    assert result.steps == 6 and set(result.history[0]) == {"total", "ccl", "cls"}
+    assert all(h["total"] == pytest.approx(h["ccl"] + h["cls"], rel=1e-5) for h in result.history)
     lines = [json.loads(x) for x in (tmp_path / "s/metrics.jsonl").read_text().splitlines()]
     clusterings = [x for x in lines if x.get("kind") == "cluster"]
     assert [x["step"] for x in clusterings] == [0, 3]
     assert all(x["clusters"] >= 2 and x["eps"] == 0.6 for x in clusterings)
     assert [x["step"] for x in lines if "kind" not in x] == [6]
-    # Only the identity encoder is trained: the pose encoder, decoder and classifier are not.
+    # The identity encoder and the source classifier are trained; the pose encoder and the
+    # decoder are not.
     assert not any(p.requires_grad for p in result.model.decoder.parameters())
+    assert all(p.requires_grad for p in result.model.classifier.parameters())
+    start = torch.load(arn_run / "checkpoints/last.pt", weights_only=True)["model"]
+    trained = result.model.state_dict()
+    assert not torch.equal(start["classifier.weight"], trained["classifier.weight"])
+    frozen = [k for k in start if k.startswith(("decoder.", "pose_encoder."))]
+    assert frozen and all(torch.equal(start[k], trained[k]) for k in frozen if "running" not in k)
+
+
+def test_stage_without_source_classification_trains_on_the_clusters_only(
+    tmp_path, tiny_config, arn_run
+):
+    result = train(_stage(tiny_config, tmp_path / "s", arn_run, w_cls=0.0), progress=False)
+    assert set(result.history[0]) == {"total", "ccl"}
+    assert all(h["total"] == pytest.approx(h["ccl"], rel=1e-6) for h in result.history)
+    assert not any(p.requires_grad for p in result.model.classifier.parameters())
 
 
 def test_stage_resumes_mid_epoch_exactly(tmp_path, tiny_config, arn_run):
@@ -107,7 +125,8 @@ def test_a_clustering_without_enough_clusters_stops_with_one_line(tmp_path, tiny
         ({"cluster_k1": 0}, "cluster_k1 must be >= 1"),
         ({"memory_momentum": 1.0}, "memory_momentum"),
         ({"mode": "source-only"}, "method cluster trains on the target"),
-        ({"w_ccl": 0.0}, "w_ccl are all 0"),
+        ({"w_ccl": 0.0, "w_cls": 0.0}, "w_cls, w_ccl are all 0"),
+        ({"w_ccl": 0.0}, "method cluster needs w_ccl > 0"),
     ],
 )
 def test_stage_options_are_checked(tmp_path, tiny_config, overrides, message):

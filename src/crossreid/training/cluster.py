@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossreid import losses
 from crossreid.data.base import ImageRecord
 from crossreid.data.loaders import build_source_loader, infinite_batches
+from crossreid.data.transforms import transfer_colour_statistics
 from crossreid.errors import ClusteringError, ConfigError
 from crossreid.evaluation.clustering import (
     PseudoLabels,
@@ -45,6 +47,7 @@ from crossreid.inference import extract_features
 from crossreid.training.config import TrainConfig
 from crossreid.training.data import TrainingData, loader_options
 from crossreid.training.step import StepOutput, optimise, step_seed
+from crossreid.training.terms import active_terms
 from crossreid.utils.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
@@ -103,6 +106,17 @@ class ClusterMethod:
         self.epoch_start = 0
         self.eps = float("nan")
         self._stream = None
+        # Source classification kept during the stage (w_cls > 0): a PK batch of labelled
+        # source images per step, in the target's colours with target_style_prob, through
+        # the same identity encoder and the ARN stage's classifier.
+        self.use_source = any(term.name == "cls" for term in active_terms(config))
+        self.source_loader = None
+        self._source = None
+        if self.use_source:
+            self.source_loader = build_source_loader(
+                data.train_records, config.image_size, config.batch_size, config.num_instances,
+                **loader_options(config, dist),
+            )  # fmt: skip
 
     def prepare(
         self,
@@ -120,6 +134,8 @@ class ClusterMethod:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def start(self, start_step: int) -> None:
+        if self.source_loader is not None:
+            self._source = infinite_batches(self.source_loader, start_step=start_step)
         if self.labels is not None:  # resumed: continue the saved epoch's stream
             self._open_stream(start_step - self.epoch_start)
 
@@ -200,19 +216,40 @@ class ClusterMethod:
             self._recluster(state)
             self.model.train()
         images, labels, _, _ = next(self._stream)
-        torch.manual_seed(step_seed(c.seed, state.step, self.dist.rank, 0))  # dropout etc.
+        seed = step_seed(c.seed, state.step, self.dist.rank, 0)
+        torch.manual_seed(seed)  # dropout etc.
         images, labels = images.to(self.device), labels.to(self.device)
+        count = images.shape[0]
+        if self.use_source:
+            source, pids, _, _ = next(self._source)
+            source, pids = source.to(self.device), pids.to(self.device)
+            if c.target_style_prob > 0:
+                generator = torch.Generator().manual_seed(seed ^ 0x9E3779B9)
+                source = transfer_colour_statistics(
+                    source, images, generator, prob=c.target_style_prob
+                )
+            images = torch.cat((images, source))
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.scaler is not None):
             _, vectors = self.model.encode_identity(images)
-        loss = cluster_contrast_loss(vectors.float(), labels, self.memory, c.memory_temperature)
+            logits = self.model.classify(vectors[count:]) if self.use_source else None
+        vectors = vectors.float()
+        terms = {"ccl": cluster_contrast_loss(
+            vectors[:count], labels, self.memory, c.memory_temperature
+        )}  # fmt: skip
+        if logits is not None:
+            terms["cls"] = losses.classification_loss(
+                logits.float(), pids, label_smoothing=c.label_smoothing
+            )
+        total = sum(getattr(c, f"w_{name}") * value for name, value in terms.items())
         values = optimise(
-            c.w_ccl * loss, {"ccl": loss}, self.optimizer, self.scheduler, self.scaler,
-            self.params, state.step,
-        )  # fmt: skip
-        update_memory(self.memory, vectors, labels, c.memory_momentum)
-        return StepOutput({"total": values[0], "ccl": values[2]}, values[1], None)
+            total, terms, self.optimizer, self.scheduler, self.scaler, self.params, state.step
+        )
+        update_memory(self.memory, vectors[:count], labels, c.memory_momentum)
+        return StepOutput(
+            {"total": values[0], **dict(zip(terms, values[2:], strict=True))}, values[1], None
+        )
 
     # -- checkpoint --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

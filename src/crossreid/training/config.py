@@ -158,7 +158,11 @@ class TrainConfig:
     )
     gamma: float = _f(0.1, "step schedule: lr factor at each milestone", "optimisation")
     # -- losses ----------------------------------------------------------------------------
-    w_cls: float = _f(1.0, "weight of the source classification loss", "losses")
+    w_cls: float = _f(
+        1.0,
+        "weight of the source classification loss (also kept during the pseudo-label stage)",
+        "losses",
+    )
     w_rec: float = _f(0.1, "weight of the reconstruction loss (seed --w_loss_rec)", "losses")
     w_dif: float = _f(0.1, "weight of the identity/pose difference loss (--w_loss_dif)", "losses")
     w_mmd: float = _f(0.1, "weight of the source/target MMD loss (--w_loss_mmd)", "losses")
@@ -386,6 +390,11 @@ class TrainConfig:
             raise ConfigError(
                 "method cluster trains on the target's pseudo-labels: it needs "
                 "mode adapt and a target"
+            )
+        if not self.w_ccl > 0:
+            raise ConfigError(
+                "method cluster needs w_ccl > 0 (the cluster-contrast loss on the target's "
+                "pseudo-labels; w_cls alone would train on the source only)"
             )
         for name in ("cluster_k1", "cluster_k2", "cluster_min_samples"):
             if getattr(self, name) < 1:

@@ -65,6 +65,7 @@ LOSS_TERMS = (
         "cross-entropy of the source identity logits",
         frozenset({"logits"}),
         supervises_identity=True,
+        methods=frozenset({"arn", "cluster"}),
     ),
     LossTerm(
         "rec",
