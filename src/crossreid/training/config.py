@@ -208,6 +208,12 @@ class TrainConfig:
         "cluster features extracted with camera-wise BatchNorm statistics of the target",
         "cluster",
     )
+    cluster_camera_aware: bool = _f(
+        False,
+        "PK batches over pseudo-identities take each identity's K images from as many "
+        "cameras as it has",
+        "cluster",
+    )
     memory_momentum: float = _f(0.1, "momentum of the centroid memory update", "cluster")
     memory_temperature: float = _f(0.05, "temperature of the centroid cross-entropy", "cluster")
     # -- evaluation and logging ------------------------------------------------------------
