@@ -110,6 +110,23 @@ def test_stage_with_camera_aware_batches(tmp_path, tiny_config, arn_run, monkeyp
     assert built == [False, True]  # the source loader, then the pseudo-label loader
 
 
+def test_gem_stage_starts_from_a_max_pooling_run(tmp_path, tiny_config, arn_run):
+    # init_from loads every weight of the ARN run; GeM's exponent is new, starts at 3 and
+    # is trained.
+    stage = _stage(tiny_config, tmp_path / "s", arn_run, max_steps=2, pooling="gem")
+    result = train(stage, progress=False)
+    assert result.steps == 2 and all(math.isfinite(h["total"]) for h in result.history)
+    p = result.model.identity_encoder.pool.p.item()
+    assert math.isfinite(p) and p != 3.0
+    start = torch.load(arn_run / "checkpoints/last.pt", weights_only=True)["model"]
+    trained = result.model.state_dict()
+    assert set(trained) - set(start) == {"identity_encoder.pool.p"}
+    pose = [k for k in start if k.startswith("pose_encoder.") and "running" not in k]
+    assert pose and all(torch.equal(start[k], trained[k]) for k in pose)
+    saved = torch.load(tmp_path / "s/checkpoints/last.pt", weights_only=True)
+    assert saved["config"]["model"]["pooling"] == "gem"
+
+
 def test_stage_never_reads_target_labels(tmp_path, tiny_config, arn_run, monkeypatch):
     honest = train(_stage(tiny_config, tmp_path / "a", arn_run, max_steps=3), progress=False)
     real = training_data.resolve_dataset
