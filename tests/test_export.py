@@ -63,6 +63,20 @@ def test_export_matches_pytorch_at_two_batch_sizes(checkpoint, exported, fmt) ->
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_gem_pooling_model_exports(tmp_path, fmt) -> None:
+    torch.manual_seed(0)
+    model = CrossDomainReID(**SMALL, pooling="gem")
+    with torch.no_grad():
+        model.identity_encoder.pool.p.fill_(2.5)  # a trained exponent, not the initial 3
+    path = save_checkpoint(tmp_path / "gem.pt", build_checkpoint(model))
+    out = export_model(path, fmt, tmp_path / f"gem.{fmt}")
+    x = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    np.testing.assert_allclose(run_exported(out, fmt, x.numpy()), expected, atol=1e-4, rtol=0)
+
+
 def test_onnx_graph_has_named_io_a_dynamic_batch_and_only_the_identity_encoder(
     checkpoint, exported
 ) -> None:

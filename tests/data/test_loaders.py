@@ -115,6 +115,17 @@ def test_source_loader_yields_pk_batches(records: list[ImageRecord]) -> None:
         assert camids.tolist() == [records[i].camid for i in indices]
 
 
+def test_camera_aware_source_loader_takes_each_identitys_images_from_both_cameras(
+    records: list[ImageRecord],
+) -> None:
+    loader = build_source_loader(
+        records, SIZE, batch_size=4, num_instances=2, workers=0, camera_aware=True
+    )
+    for _, pids, camids, _ in loader:  # every identity has images from cameras 0 and 1
+        assert pids.view(2, 2).eq(pids.view(2, 2)[:, :1]).all()
+        assert camids.view(2, 2).sum(dim=1).tolist() == [1, 1]
+
+
 def test_source_loader_replaces_a_corrupt_image_by_one_of_the_same_id(
     records: list[ImageRecord],
 ) -> None:

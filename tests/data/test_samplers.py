@@ -135,6 +135,117 @@ def test_pk_invariants_on_random_datasets(counts: list[int], k: int, p: int, see
         _assert_pk_batch(batch, pids, p, k)
 
 
+def _camera_records(cameras: list[int], per_camera: int) -> list[ImageRecord]:
+    """Identity i has per_camera images from each of its cameras[i] cameras, shuffled."""
+    items = [
+        (pid, camid)
+        for pid, n in enumerate(cameras)
+        for camid in range(n)
+        for _ in range(per_camera)
+    ]
+    order = np.random.default_rng(7).permutation(len(items))
+    return [ImageRecord(f"{i}.jpg", *items[i]) for i in order]
+
+
+def _camera_blocks(sampler: PKSampler, records: list[ImageRecord]) -> list[tuple[int, list]]:
+    """(pid, camids) of every K-image block of an epoch."""
+    k = sampler.num_instances
+    blocks = np.asarray(list(sampler)).reshape(-1, k)
+    return [(records[b[0]].pid, [records[i].camid for i in b]) for b in blocks]
+
+
+def test_camera_aware_chunks_span_k_cameras_when_the_identity_has_as_many() -> None:
+    records = _camera_records([4, 6, 5, 4, 7, 4], per_camera=3)
+    for epoch in range(3):
+        sampler = PKSampler(records, 8, 4, seed=epoch, camera_aware=True)
+        sampler.set_epoch(epoch)
+        blocks = _camera_blocks(sampler, records)
+        assert blocks
+        for _, camids in blocks:
+            assert len(set(camids)) == 4
+    # Without it, some chunk repeats a camera.
+    plain = _camera_blocks(PKSampler(records, 8, 4, seed=0), records)
+    assert any(len(set(camids)) < 4 for _, camids in plain)
+
+
+def test_camera_aware_chunks_hold_every_camera_of_an_identity_with_fewer_than_k() -> None:
+    cameras = [2, 3, 1, 2, 3, 2]
+    records = _camera_records(cameras, per_camera=4)
+    sampler = PKSampler(records, 12, 6, seed=1, camera_aware=True)
+    blocks = _camera_blocks(sampler, records)
+    assert blocks
+    for pid, camids in blocks:
+        assert set(camids) == set(range(cameras[pid]))
+        # as evenly as K allows: each camera K // cameras or one more times
+        counts = np.bincount(camids)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_camera_aware_identity_with_fewer_images_than_k_shows_each_image() -> None:
+    records = [ImageRecord(f"{i}.jpg", pid, cam) for i, (pid, cam) in enumerate(
+        [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 0), (1, 1)]
+    )]  # fmt: skip
+    sampler = PKSampler(records, 8, 4, seed=0, camera_aware=True)
+    (batch,) = list(sampler)
+    block = batch[:4] if records[batch[0]].pid == 0 else batch[4:]
+    assert set(block) == {0, 1, 2}  # 3 images, 3 cameras, one repeated
+
+
+def test_camera_aware_is_deterministic_and_keeps_the_pk_structure() -> None:
+    records = _camera_records([3, 5, 2, 4, 6, 1, 3], per_camera=2)
+    pids = [r.pid for r in records]
+    a = list(PKSampler(records, 8, 4, seed=3, camera_aware=True))
+    assert a == list(PKSampler(records, 8, 4, seed=3, camera_aware=True))
+    assert a != list(PKSampler(records, 8, 4, seed=4, camera_aware=True))
+    plain = PKSampler(records, 8, 4, seed=3)
+    assert len(a) == len(plain)
+    for batch in a:
+        _assert_pk_batch(batch, pids, 2, 4)
+
+
+def test_camera_aware_off_gives_the_batches_of_before() -> None:
+    # Pinned from the sampler before camera_aware existed.
+    records = _camera_records([3, 5, 2, 4], per_camera=2)
+    assert list(PKSampler(records, 4, 2, seed=0)) == PINNED_PLAIN_BATCHES
+    assert list(PKSampler(records, 4, 2, seed=0, camera_aware=False)) == PINNED_PLAIN_BATCHES
+
+
+PINNED_PLAIN_BATCHES = [
+    [4, 10, 11, 2], [23, 20, 19, 8], [0, 7, 27, 26], [6, 3, 16, 21], [18, 13, 24, 1],
+    [5, 17, 12, 22], [14, 15, 9, 25],
+]  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    cameras=st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=12), min_size=2, max_size=12),
+    k=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+)
+def test_camera_aware_keeps_pk_invariants_on_random_datasets(
+    cameras: list[list[int]], k: int, seed: int
+) -> None:
+    # cameras[i]: the camera of each image of identity i
+    records = [ImageRecord(f"{pid}_{j}.jpg", pid, cam) for pid, cams in enumerate(cameras)
+               for j, cam in enumerate(cams)]  # fmt: skip
+    pids = [r.pid for r in records]
+    sampler = PKSampler(records, 2 * k, k, seed=seed, camera_aware=True)
+    assert len(sampler) == len(PKSampler(records, 2 * k, k, seed=seed))
+    for batch in sampler:
+        _assert_pk_batch(batch, pids, 2, k)
+        for block in np.asarray(batch).reshape(2, k):
+            own = {i for i, pid in enumerate(pids) if pid == pids[block[0]]}
+            if len(own) >= k:
+                assert len(set(block.tolist())) == k, "K distinct images"
+            else:
+                assert set(block.tolist()) == own, "all of an identity's images"
+
+
+def test_camera_aware_needs_camera_ids() -> None:
+    with pytest.raises(ConfigError, match="camera-aware PK sampling needs records with a camid"):
+        PKSampler(_pids([4, 4, 4]), 8, 4, camera_aware=True)
+
+
 def test_random_batches_are_a_permutation_without_repeats() -> None:
     sampler = RandomBatchSampler(23, 5, seed=0)
     batches = list(sampler)

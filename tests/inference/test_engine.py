@@ -104,6 +104,19 @@ def test_onnxruntime_features_equal_torch(records, size, batch_size, flip, norma
     np.testing.assert_array_equal(auto.features, got.features)
 
 
+def test_onnxruntime_features_equal_torch_with_gem_pooling(records) -> None:
+    model = _model((64, 32))  # a 2x1 map: at 1x1 every pooling is the same
+    gem = CrossDomainReID.from_config({**model.config, "pooling": "gem"})
+    gem.load_state_dict(model.state_dict(), strict=False)  # the same weights, p = 3
+    gem.eval()
+    expected = extract_features(gem, records, engine="torch", flip=True).features
+    got = extract_features(gem, records, engine="onnxruntime", flip=True).features
+    _assert_close(got, expected)
+    plain = extract_features(model, records, engine="torch", flip=True).features
+    assert float(np.abs(expected - plain).max()) > 1e-3  # GeM, not max pooling
+    assert graph_key(gem, (64, 32)) != graph_key(model, (64, 32))
+
+
 def test_graph_is_exported_once_per_weights_and_rebuilt_when_one_changes(
     records, cache, monkeypatch
 ) -> None:

@@ -21,6 +21,7 @@ from crossreid.inference import (
     records_from_folder,
     records_from_paths,
 )
+from crossreid.models import CrossDomainReID
 from crossreid.utils.devices import resolve_device
 
 SIZE = (32, 16)
@@ -204,3 +205,16 @@ def test_fuse_batchnorm_folds_without_touching_the_model() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     untraceable = _Untraceable().eval()
     assert fuse_batchnorm(untraceable) is untraceable  # falls back to the model itself
+
+
+def test_fuse_batchnorm_folds_a_gem_pooling_network() -> None:
+    torch.manual_seed(0)
+    model = CrossDomainReID(
+        "resnet18", num_classes=2, image_size=SIZE, decoder_widths=(8,) * 4, pooling="gem"
+    ).eval()
+    fused = fuse_batchnorm(model)
+    assert fused is not model  # traced: GeM does not stop the folding
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, *SIZE)
+    with torch.no_grad():
+        np.testing.assert_allclose(fused(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)

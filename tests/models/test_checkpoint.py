@@ -418,6 +418,36 @@ def test_load_partial_skips_the_classifier_when_classes_differ(make_small, caplo
     assert "classifier.weight" in caplog.text
 
 
+def test_load_partial_of_a_max_pooling_checkpoint_into_a_gem_model(make_small, caplog):
+    # init_from an earlier run with pooling gem: the exponent is new and starts at 3.
+    source = make_small()
+    torch.nn.init.constant_(source.classifier.bias, 0.5)
+    target = make_small(pooling="gem")
+    with caplog.at_level(logging.INFO, logger="crossreid.models.checkpoint"):
+        loaded, skipped = load_partial(target, build_checkpoint(source))
+    assert skipped == [] and sorted(loaded) == sorted(source.state_dict())
+    assert torch.equal(target.classifier.bias, torch.full((3,), 0.5))
+    assert target.identity_encoder.pool.p.item() == 3.0
+    assert "1 model entries keep their initial values" in caplog.text
+
+
+def test_gem_checkpoint_round_trip_and_a_checkpoint_without_pooling(make_small, tmp_path):
+    model = make_small(pooling="gem").eval()
+    torch.nn.init.constant_(model.identity_encoder.pool.p, 2.5)
+    path = save_checkpoint(tmp_path / "gem.pt", build_checkpoint(model))
+    loaded = load_checkpoint(path)
+    assert loaded.config["pooling"] == "gem"
+    assert loaded.identity_encoder.pool.p.item() == 2.5
+    x = torch.randn(2, 3, 64, 32)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))
+    # Written before the pooling option existed: max pooling, as then.
+    payload = build_checkpoint(make_small())
+    del payload["config"]["model"]["pooling"]
+    old = load_checkpoint(save_checkpoint(tmp_path / "old.pt", payload))
+    assert old.config["pooling"] == "max"
+
+
 def test_load_partial_rejects_unrelated_weights(make_small):
     with pytest.raises(CheckpointError, match="none of the 1 weights fit"):
         load_partial(make_small(), {"features.0.weight": torch.zeros(3)})

@@ -10,6 +10,7 @@ import torch
 from crossreid.errors import ConfigError
 from crossreid.models import CrossDomainReID, Decoder, IdentityEncoder, PoseEncoder
 from crossreid.models.network import default_decoder_widths
+from crossreid.models.pooling import GeneralizedMeanPooling, GlobalMaxPooling
 
 
 @pytest.mark.parametrize(
@@ -127,11 +128,37 @@ def test_config_is_plain_data_and_rebuilds_the_model(small):
         "decoder_widths": [32, 16, 8, 8],
         "dropout": 0.0,
         "normalize_features": False,
+        "pooling": "max",
     }
     rebuilt = CrossDomainReID.from_config(config)
     assert rebuilt.config == config
     shapes = {k: v.shape for k, v in small.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+
+
+def test_a_config_without_pooling_rebuilds_a_max_pooling_model(small):
+    # Checkpoints written before the pooling option existed.
+    config = {key: value for key, value in small.config.items() if key != "pooling"}
+    assert CrossDomainReID.from_config(config).config["pooling"] == "max"
+
+
+def test_gem_pools_the_identity_map_and_its_exponent_is_a_head_parameter(make_small):
+    model = make_small(pooling="gem").eval()
+    assert model.config["pooling"] == "gem"
+    assert isinstance(model.identity_encoder.pool, GeneralizedMeanPooling)
+    assert isinstance(model.pose_encoder.pool, GlobalMaxPooling)  # the pose encoder max-pools
+    x = torch.randn(2, 3, 64, 32)
+    with torch.inference_mode():
+        identity_map, identity_vector = model.encode_identity(x)
+        pose_map, pose_vector = model.encode_pose(x)
+    gem = identity_map.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+    assert torch.allclose(identity_vector, gem, rtol=1e-5)
+    assert torch.equal(pose_vector, pose_map.amax(dim=(2, 3)))
+    head = {id(p) for p in model.head_parameters()}
+    assert id(model.identity_encoder.pool.p) in head
+    backbone = {id(p) for p in model.backbone_parameters()}
+    assert backbone | head == {id(p) for p in model.parameters()} and not backbone & head
+    assert CrossDomainReID.from_config(model.config).config["pooling"] == "gem"
 
 
 def test_from_config_rejects_unknown_keys(small):
@@ -193,6 +220,7 @@ def test_forward_exports_with_a_dynamic_batch(make_small):
         ({"image_size": (0, 32)}, "image_size"),
         ({"decoder_widths": ()}, "decoder_widths"),
         ({"dropout": 1.0}, "dropout"),
+        ({"pooling": "avg"}, "unknown pooling 'avg'; expected one of max, gem"),
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs, message):

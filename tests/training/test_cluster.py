@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from crossreid.errors import ClusteringError, ConfigError
+from crossreid.training import cluster as cluster_module
 from crossreid.training import data as training_data
 from crossreid.training.cluster import cluster_contrast_loss, update_memory
 from crossreid.training.trainer import train
@@ -90,6 +91,40 @@ def test_stage_resumes_mid_epoch_exactly(tmp_path, tiny_config, arn_run):
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_stage_with_camera_aware_batches(tmp_path, tiny_config, arn_run, monkeypatch):
+    # The sampler's camera cycling is tested in tests/data/test_samplers.py; here the
+    # option reaches the pseudo-label loader (not the source one) and the stage trains.
+    built = []
+
+    def spy(records, *args, **kwargs):
+        built.append(kwargs.get("camera_aware", False))
+        return real(records, *args, **kwargs)
+
+    real = cluster_module.build_source_loader
+    monkeypatch.setattr(cluster_module, "build_source_loader", spy)
+    stage = _stage(tiny_config, tmp_path / "s", arn_run, max_steps=3, cluster_camera_aware=True)
+    result = train(stage, progress=False)
+    assert result.steps == 3 and all(math.isfinite(h["total"]) for h in result.history)
+    assert built == [False, True]  # the source loader, then the pseudo-label loader
+
+
+def test_gem_stage_starts_from_a_max_pooling_run(tmp_path, tiny_config, arn_run):
+    # init_from loads every weight of the ARN run; GeM's exponent is new, starts at 3 and
+    # is trained.
+    stage = _stage(tiny_config, tmp_path / "s", arn_run, max_steps=2, pooling="gem")
+    result = train(stage, progress=False)
+    assert result.steps == 2 and all(math.isfinite(h["total"]) for h in result.history)
+    p = result.model.identity_encoder.pool.p.item()
+    assert math.isfinite(p) and p != 3.0
+    start = torch.load(arn_run / "checkpoints/last.pt", weights_only=True)["model"]
+    trained = result.model.state_dict()
+    assert set(trained) - set(start) == {"identity_encoder.pool.p"}
+    pose = [k for k in start if k.startswith("pose_encoder.") and "running" not in k]
+    assert pose and all(torch.equal(start[k], trained[k]) for k in pose)
+    saved = torch.load(tmp_path / "s/checkpoints/last.pt", weights_only=True)
+    assert saved["config"]["model"]["pooling"] == "gem"
 
 
 def test_stage_never_reads_target_labels(tmp_path, tiny_config, arn_run, monkeypatch):

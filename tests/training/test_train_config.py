@@ -6,6 +6,7 @@ import pytest
 
 from crossreid.errors import ConfigError
 from crossreid.training.config import (
+    POOLING_CHOICES,
     TrainConfig,
     build_config,
     coerce_value,
@@ -121,11 +122,19 @@ def test_missing_or_unreadable_config_file(tmp_path):
         ({"w_cls": 0.0, "w_ctr": 0.0}, "nothing teaches"),
         ({"resume": "a", "init_from": "b"}, "exclusive"),
         ({"max_rank": 10}, "max_rank must be >= 20"),
+        ({"pooling": "avg"}, "pooling is 'avg'; expected one of max, gem"),
     ],
 )
 def test_validation_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
         valid(**changes).validate()
+
+
+def test_pooling_choices_are_the_models():
+    from crossreid.models.pooling import POOLINGS  # imports torch, which the config does not
+
+    assert POOLING_CHOICES == POOLINGS
+    assert valid().pooling == "max"
 
 
 def test_modes():

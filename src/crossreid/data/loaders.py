@@ -294,6 +294,7 @@ def build_source_loader(
     flip_prob: float = 0.5,
     pad: int = 10,
     pin_memory: bool | None = None,
+    camera_aware: bool = False,
 ) -> DataLoader:
     """Labelled PK batches: ``(images [B,3,H,W] float32, pids [B], camids [B], indices [B])``.
 
@@ -301,6 +302,8 @@ def build_source_loader(
     identity); full batches only. An epoch is ``len(loader)`` batches; iterate with
     :func:`infinite_batches` for step-based training. ``workers=None`` means
     :func:`default_workers`; ``pin_memory=None`` pins only when CUDA is available.
+    ``camera_aware`` takes each identity's K images from as many of its cameras as it has
+    (see :class:`~crossreid.data.samplers.PKSampler`).
     Raises :class:`~crossreid.errors.ConfigError` for a bad batch size / K / too few ids.
     """
     transform = build_transforms(
@@ -308,7 +311,13 @@ def build_source_loader(
     )
     dataset = ImageDataset(records, transform, with_index=True, replace_corrupt=True)
     sampler = PKSampler(
-        records, batch_size, num_instances, seed=seed, num_replicas=world_size, rank=rank
+        records,
+        batch_size,
+        num_instances,
+        seed=seed,
+        num_replicas=world_size,
+        rank=rank,
+        camera_aware=camera_aware,
     )
     return _loader(dataset, SeededBatches(sampler, seed, stream=0), workers, pin_memory, seed)
 

@@ -36,6 +36,14 @@ def _check_replicas(num_replicas: int, rank: int) -> None:
         raise ConfigError(f"rank={rank} must be in [0, {num_replicas})")
 
 
+def _camera_index(data_source: Sequence) -> np.ndarray:
+    """Camera ids of ``data_source`` as ``0..cameras-1``, per dataset index."""
+    camids = [getattr(item, "camid", None) for item in data_source]
+    if any(camid is None for camid in camids):
+        raise ConfigError("camera-aware PK sampling needs records with a camid (e.g. ImageRecord)")
+    return np.unique(np.asarray(camids, dtype=np.int64), return_inverse=True)[1].reshape(-1)
+
+
 class _EpochBatchSampler(Sampler[list[int]]):
     """Shared epoch/offset bookkeeping: subclasses implement ``epoch_batches(epoch)``."""
 
@@ -81,6 +89,13 @@ class PKSampler(_EpochBatchSampler):
     identities without replacement, weighted by their chunks not yet used, and when fewer
     identities than a batch needs have chunks left a new pass over all chunks begins.
 
+    With ``camera_aware`` each identity's shuffled images are reordered to cycle through
+    its cameras (round ``r`` holds each camera's ``r``-th image, the cameras in the same
+    epoch-random order every round): an identity's first chunk spans ``min(K, cameras)``
+    distinct cameras, and every chunk does when its cameras hold equally many images. An
+    identity with fewer than K images repeats them in that order instead of drawing with
+    replacement, so its chunk holds all its cameras.
+
     Args:
         data_source: records with a ``pid`` attribute (e.g. :class:`ImageRecord`) or the
             pids themselves, one per dataset index.
@@ -88,10 +103,12 @@ class PKSampler(_EpochBatchSampler):
         num_instances: K, images per identity in a batch.
         seed: shared by all ranks.
         num_replicas, rank: distributed world size and this process's rank.
+        camera_aware: spread each identity's K images over its cameras (needs records
+            with a ``camid`` attribute).
 
     Raises:
-        ConfigError: ``batch_size`` not divisible by K, fewer than 2 identities, or fewer
-            identities than ``P × num_replicas``.
+        ConfigError: ``batch_size`` not divisible by K, fewer than 2 identities, fewer
+            identities than ``P × num_replicas``, or ``camera_aware`` without camera ids.
 
     Example::
 
@@ -109,6 +126,7 @@ class PKSampler(_EpochBatchSampler):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        camera_aware: bool = False,
     ) -> None:
         super().__init__(seed, num_replicas, rank)
         if num_instances < 1:
@@ -143,6 +161,7 @@ class PKSampler(_EpochBatchSampler):
         self._chunks = np.maximum(self._counts, self.num_instances) // self.num_instances
         self._global_pids = global_pids
         self._num_batches = max(1, int(self._chunks.sum()) // global_pids)
+        self._camera_index = _camera_index(data_source) if camera_aware else None
 
     @property
     def num_pids(self) -> int:
@@ -158,6 +177,8 @@ class PKSampler(_EpochBatchSampler):
         # stably sorted by identity keeps the randomness within each identity's block.
         order = rng.permutation(self._num_samples)
         grouped = order[np.argsort(self._pid_index[order], kind="stable")]
+        if self._camera_index is not None:
+            grouped = self._cycle_cameras(grouped)
 
         remaining = self._chunks.copy()
         used = np.zeros_like(self._chunks)
@@ -173,6 +194,8 @@ class PKSampler(_EpochBatchSampler):
             chunk = used[chosen] % self._chunks[chosen]
             sequential = chunk[:, None] * k + arange_k  # the next unused chunk of K
             with_replacement = (rng.random((len(chosen), k)) * counts[:, None]).astype(np.int64)
+            if self._camera_index is not None:  # repeat the cycle: each camera at least once
+                with_replacement = arange_k % counts[:, None]
             within = np.where((counts >= k)[:, None], sequential, with_replacement)
             out[b] = grouped[self._offsets[chosen][:, None] + within]
             used[chosen] += 1
@@ -180,6 +203,27 @@ class PKSampler(_EpochBatchSampler):
         per_rank = self.num_pids_per_batch
         mine = out[:, self.rank * per_rank : (self.rank + 1) * per_rank]
         return mine.reshape(self._num_batches, self.batch_size)
+
+    def _cycle_cameras(self, grouped: np.ndarray) -> np.ndarray:
+        """Reorder each identity's block of ``grouped`` (dataset indices in random order)
+        by (round, camera): round ``r`` holds each camera's ``r``-th image, the cameras in
+        the order of their first image in the block. One camera order for every round keeps
+        a chunk that straddles two full rounds free of repeats."""
+        n = len(grouped)
+        pid = self._pid_index[grouped]
+        camera = self._camera_index[grouped]
+        position = np.arange(n)
+        # Sorted by (identity, camera, position): each image's rank within its camera, and
+        # the position of its camera's first image in the block.
+        by_camera = np.lexsort((position, camera, pid))
+        pair = pid[by_camera] * (int(camera.max()) + 1) + camera[by_camera]
+        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        rank = np.empty(n, dtype=np.int64)
+        rank[by_camera] = position - np.repeat(starts, sizes)
+        first = np.empty(n, dtype=np.int64)
+        first[by_camera] = np.repeat(by_camera[starts], sizes)
+        return grouped[np.lexsort((first, rank, pid))]
 
 
 class RandomBatchSampler(_EpochBatchSampler):

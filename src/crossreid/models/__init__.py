@@ -19,13 +19,16 @@ from crossreid.models.checkpoint import (
 )
 from crossreid.models.decoder import Decoder
 from crossreid.models.network import CrossDomainReID, IdentityEncoder, PoseEncoder
+from crossreid.models.pooling import POOLINGS, GeneralizedMeanPooling
 
 __all__ = [
     "BACKBONES",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "POOLINGS",
     "CrossDomainReID",
     "Decoder",
+    "GeneralizedMeanPooling",
     "IdentityEncoder",
     "PoseEncoder",
     "build_checkpoint",

@@ -30,28 +30,33 @@ from crossreid.models.backbones import (
     resolve_pretrained,
 )
 from crossreid.models.decoder import Decoder
+from crossreid.models.pooling import build_pooling
 
 __all__ = ["CrossDomainReID", "IdentityEncoder", "PoseEncoder"]
 
 
 class _ResNetEncoder(nn.Module):
-    """A ResNet trunk followed by global max-pooling.
+    """A ResNet trunk followed by global pooling (max, or GeM: :mod:`crossreid.models.pooling`).
 
     ``forward(x)``: ``[B, 3, H, W]`` → ``(map [B, C, ceil(H/32), ceil(W/32)], vector [B, C])``.
     """
 
-    def __init__(self, backbone: str) -> None:
+    def __init__(self, backbone: str, pooling: str = "max") -> None:
         super().__init__()
         self.trunk = build_trunk(backbone)
         self.channels = backbone_spec(backbone).channels
+        self.pool = build_pooling(pooling)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature_map = self.trunk(x)
-        return feature_map, torch.amax(feature_map, dim=(2, 3))
+        return feature_map, self.pool(feature_map)
 
 
 class IdentityEncoder(_ResNetEncoder):
-    """Encodes who the person is (appearance); its pooled vector is the re-ID feature."""
+    """Encodes who the person is (appearance); its pooled vector is the re-ID feature.
+
+    ``pooling``: ``"max"`` (the default) or ``"gem"`` (generalised mean, learnable exponent).
+    """
 
 
 class PoseEncoder(_ResNetEncoder):
@@ -95,6 +100,10 @@ class CrossDomainReID(nn.Module):
             decoder several times its own cost.
         dropout: dropout probability before the classifier.
         normalize_features: L2-normalise the vector returned by :meth:`forward`.
+        pooling: how the identity encoder pools its map into the identity vector:
+            ``"max"`` (global max pooling) or ``"gem"`` (generalised-mean pooling with a
+            learnable exponent, see :mod:`crossreid.models.pooling`). The pose encoder
+            always max-pools.
 
     Attributes:
         config: the constructor arguments as plain data (rebuild with :meth:`from_config`).
@@ -110,6 +119,7 @@ class CrossDomainReID(nn.Module):
         decoder_widths: Sequence[int] | None = None,
         dropout: float = 0.0,
         normalize_features: bool = False,
+        pooling: str = "max",
     ) -> None:
         super().__init__()
         spec = backbone_spec(backbone)
@@ -134,6 +144,7 @@ class CrossDomainReID(nn.Module):
             "decoder_widths": widths,
             "dropout": float(dropout),
             "normalize_features": bool(normalize_features),
+            "pooling": pooling,
         }
         self.feature_dim = spec.channels
         self.image_size = image_size
@@ -143,7 +154,7 @@ class CrossDomainReID(nn.Module):
             math.ceil(image_size[1] / TRUNK_STRIDE),
         )
 
-        self.identity_encoder = IdentityEncoder(backbone)
+        self.identity_encoder = IdentityEncoder(backbone, pooling)
         self.pose_encoder = PoseEncoder(backbone)
         self.decoder = Decoder(2 * spec.channels, widths, image_size)
         self.classifier_dropout = nn.Dropout(float(dropout))
@@ -163,7 +174,8 @@ class CrossDomainReID(nn.Module):
         cls, config: Mapping[str, Any], pretrained: str | os.PathLike[str] | None = None
     ) -> CrossDomainReID:
         """Rebuild a model from :attr:`config`; ``pretrained`` overrides the stored value
-        (``None`` by default: the weights are expected to come from a checkpoint)."""
+        (``None`` by default: the weights are expected to come from a checkpoint). Keys
+        added after a checkpoint was written take their defaults (``pooling``: max)."""
         known = {
             "backbone",
             "num_classes",
@@ -171,6 +183,7 @@ class CrossDomainReID(nn.Module):
             "decoder_widths",
             "dropout",
             "normalize_features",
+            "pooling",
         }
         unknown = sorted(set(config) - known - {"pretrained"})
         if unknown:
@@ -204,13 +217,15 @@ class CrossDomainReID(nn.Module):
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the two (pretrained) trunks."""
-        yield from self.identity_encoder.parameters()
-        yield from self.pose_encoder.parameters()
+        yield from self.identity_encoder.trunk.parameters()
+        yield from self.pose_encoder.trunk.parameters()
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the newly initialised layers: decoder and classifier."""
+        """Parameters of the newly initialised layers: decoder, classifier and the
+        identity encoder's pooling (GeM's exponent; max pooling has none)."""
         yield from self.decoder.parameters()
         yield from self.classifier.parameters()
+        yield from self.identity_encoder.pool.parameters()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value!r}" for key, value in self.config.items())

@@ -10,7 +10,8 @@ images) the stage
    outliers are dropped for the epoch;
 3. builds the centroid memory: one L2-normalised mean feature per cluster;
 
-and every step draws a PK batch over the pseudo-identities and minimises the cross-entropy
+and every step draws a PK batch over the pseudo-identities (each one's K images from as
+many of its cameras as it has with ``cluster_camera_aware``) and minimises the cross-entropy
 of its identity vectors against the memory at temperature ``memory_temperature`` (the
 cluster-contrast loss of Dai et al., 2021), then moves each sample's centroid towards it
 (``m ← momentum·m + (1 − momentum)·f``, renormalised).
@@ -205,7 +206,7 @@ class ClusterMethod:
         options["seed"] = step_seed(self.config.seed, self.epoch_start, 0, 7) % (2**31)
         loader = build_source_loader(
             records, self.config.image_size, self.config.batch_size, self.config.num_instances,
-            **options,
+            camera_aware=self.config.cluster_camera_aware, **options,
         )  # fmt: skip
         self._stream = infinite_batches(loader, start_step=offset)
 

@@ -47,6 +47,8 @@ __all__ = [
 #: ``oracle``: supervised on the *target's* training labels (the upper bound).
 MODES = ("adapt", "source-only", "oracle")
 BACKBONE_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: crossreid.models.pooling.POOLINGS (not imported: the configuration stays free of torch).
+POOLING_CHOICES = ("max", "gem")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
 REC_LOSSES = ("l1", "l2")
@@ -105,6 +107,13 @@ class TrainConfig:
     )
     dropout: float = _f(0.0, "dropout before the classifier", "model")
     normalize_features: bool = _f(False, "L2-normalise the identity vector at test time", "model")
+    pooling: str = _f(
+        "max",
+        "pooling of the identity map into the identity vector: max, or gem (generalised "
+        "mean with a learnable exponent, initialised at 3); the pose encoder max-pools",
+        "model",
+        choices=POOLING_CHOICES,
+    )
     # -- sampling --------------------------------------------------------------------------
     batch_size: int = _f(32, "source images per step and process (P identities x K)", "sampling")
     num_instances: int = _f(4, "K: images per identity in a source batch (>= 2)", "sampling")
@@ -206,6 +215,12 @@ class TrainConfig:
     cluster_camera_bn: bool = _f(
         False,
         "cluster features extracted with camera-wise BatchNorm statistics of the target",
+        "cluster",
+    )
+    cluster_camera_aware: bool = _f(
+        False,
+        "PK batches over pseudo-identities take each identity's K images from as many "
+        "cameras as it has",
         "cluster",
     )
     memory_momentum: float = _f(0.1, "momentum of the centroid memory update", "cluster")

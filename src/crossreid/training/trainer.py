@@ -261,6 +261,7 @@ def _build_model(
         image_size=config.image_size,
         dropout=config.dropout,
         normalize_features=config.normalize_features,
+        pooling=config.pooling,
         **({"decoder_widths": config.decoder_widths} if config.decoder_widths else {}),
     )
     if resume is not None:
