@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -46,6 +44,7 @@ from crossreid.evaluation.kreciprocal import (
     jaccard_from_min_sum,
     reciprocal_table,
 )
+from crossreid.utils.parallel import map_in_order, usable_cpus
 
 __all__ = ["jaccard_distance"]
 
@@ -118,7 +117,7 @@ def jaccard_distance(features: Any, k1: int = 30, k2: int = 6) -> sp.csr_matrix:
     half_width = min(int(np.around(k1 / 2.0)) + 1, k1)
     reciprocal = reciprocal_table(ranks)
     reciprocal_half = reciprocal_table(ranks[:, :half_width])
-    V = encode(reciprocal, reciprocal_half, _pair_distance(array, ranks, similarity))
+    V = encode(reciprocal, reciprocal_half, _pair_distance(array, ranks, similarity), _threads())
     del reciprocal, reciprocal_half, similarity
     if k2 != 1:
         V = expand_queries(V, ranks[:, : min(k2, k1)])
@@ -373,7 +372,8 @@ def _pair_distance(
 
     def distance(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         dot = np.empty(rows.size, dtype=np.float32)
-        for start in range(0, rows.size, _LOOKUP_CHUNK):
+
+        def chunk(start: int) -> None:  # fills its own slice of `dot`
             row, col = rows[start : start + _LOOKUP_CHUNK], cols[start : start + _LOOKUP_CHUNK]
             match = ranks[row] == col[:, None]  # [pairs, k1]
             position = match.argmax(axis=1)
@@ -383,6 +383,9 @@ def _pair_distance(
                 gather = missing[first : first + _PAIR_CHUNK]
                 part[gather] = np.einsum("ij,ij->i", features[row[gather]], features[col[gather]])
             dot[start : start + _LOOKUP_CHUNK] = part
+
+        for _ in map_in_order(chunk, range(0, rows.size, _LOOKUP_CHUNK), _threads()):
+            pass
         return np.float32(2) - np.float32(2) * dot
 
     return distance
@@ -410,7 +413,6 @@ def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
     row_counts = np.zeros(n, dtype=np.int64)
     filled = 0
     blocks = list(index.row_blocks(_PAIR_BUDGET, max_rows=max(1, _CELL_BUDGET // n)))
-    threads = _threads()
 
     def distances(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start, stop = block
@@ -424,18 +426,15 @@ def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
         local_rows, cols = np.divmod(flat[below_one], n)
         return cols, distance[below_one], np.bincount(local_rows, minlength=stop - start)
 
-    with ThreadPoolExecutor(threads) as pool:
-        # At most `threads` blocks in flight, so memory stays that many blocks' worth.
-        for first in range(0, len(blocks), threads):
-            group = blocks[first : first + threads]
-            for (start, stop), (cols, values, counts) in zip(
-                group, pool.map(distances, group), strict=True
-            ):
-                stored = cols.size
-                indices[filled : filled + stored] = cols
-                data[filled : filled + stored] = values
-                row_counts[start:stop] = counts
-                filled += stored
+    # At most `threads` blocks in flight, so memory stays that many blocks' worth.
+    for (start, stop), (cols, values, counts) in zip(
+        blocks, map_in_order(distances, blocks, _threads()), strict=True
+    ):
+        stored = cols.size
+        indices[filled : filled + stored] = cols
+        data[filled : filled + stored] = values
+        row_counts[start:stop] = counts
+        filled += stored
     indices.resize(filled, refcheck=False)
     data.resize(filled, refcheck=False)
     indptr = np.zeros(n + 1, dtype=index_dtype)
@@ -444,9 +443,5 @@ def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def _threads() -> int:
-    """Threads for the min-sum blocks: the CPUs this process may use, at most 4."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, _MAX_THREADS))
+    """Threads for the array work: the CPUs this process may use, at most ``_MAX_THREADS``."""
+    return max(1, min(usable_cpus(), _MAX_THREADS))

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from crossreid.utils.parallel import map_in_order
+
 __all__ = [
     "MinSumIndex",
     "encode",
@@ -63,13 +65,14 @@ def reciprocal_table(ranks: np.ndarray) -> np.ndarray:
 
 
 def expansion_pairs(
-    reciprocal: np.ndarray, reciprocal_half: np.ndarray
+    reciprocal: np.ndarray, reciprocal_half: np.ndarray, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """The expanded neighbour set of every item as ``(rows, cols)`` pairs, row-major, unique.
 
     Args:
         reciprocal: ``[N, w1]`` k1-reciprocal table (-1 = empty slot).
         reciprocal_half: ``[N, w2]`` (k1/2)-reciprocal table.
+        threads: blocks of rows done side by side (the result does not depend on it).
 
     A reciprocal neighbour's own (k1/2)-reciprocal set is merged into a row's set when
     more than two thirds of it already lies in the row's k1-reciprocal set. Within a row
@@ -77,9 +80,9 @@ def expansion_pairs(
     """
     n, own_width = reciprocal.shape
     half_width = reciprocal_half.shape[1]
-    row_parts, col_parts = [], []
     step = max(1, _EXPANSION_BUDGET // max(1, own_width**2 * half_width))
-    for start in range(0, n, step):
+
+    def block(start: int) -> tuple[np.ndarray, np.ndarray]:
         stop = min(start + step, n)
         own = reciprocal[start:stop]  # [b, w1]
         candidate_sets = reciprocal_half[np.maximum(own, 0)]  # [b, w1, w2]
@@ -94,15 +97,17 @@ def expansion_pairs(
         keep = members >= 0
         keep[:, 1:] &= members[:, 1:] != members[:, :-1]
         local_rows, positions = np.nonzero(keep)
-        row_parts.append(local_rows + start)
-        col_parts.append(members[local_rows, positions])
-    return np.concatenate(row_parts), np.concatenate(col_parts)
+        return local_rows + start, members[local_rows, positions]
+
+    parts = list(map_in_order(block, range(0, n, step), threads))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def encode(
     reciprocal: np.ndarray,
     reciprocal_half: np.ndarray,
     pair_distance: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    threads: int = 1,
 ) -> sp.csr_matrix:
     """The k-reciprocal feature ``V`` (``[N, N]`` CSR, float32), rows summing to one.
 
@@ -111,12 +116,13 @@ def encode(
         reciprocal_half: ``[N, w2]`` (k1/2)-reciprocal table.
         pair_distance: ``pair_distance(rows, cols)`` gives the distance between items
             ``rows[t]`` and ``cols[t]`` (1-D arrays of equal length) as float32.
+        threads: for :func:`expansion_pairs`.
 
     Row ``i`` holds ``exp(-d(i, j)) / sum`` over the expanded set of ``i``
     (:func:`expansion_pairs`), i.e. a softmax of the negated distances.
     """
     n = reciprocal.shape[0]
-    rows, cols = expansion_pairs(reciprocal, reciprocal_half)
+    rows, cols = expansion_pairs(reciprocal, reciprocal_half, threads)
     weight = np.exp(-pair_distance(rows, cols))
     counts = np.bincount(rows, minlength=n)
     indptr = np.zeros(n + 1, dtype=np.int64)
