@@ -9,7 +9,6 @@ than one run using all cores.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue as queue_module
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ from crossreid.errors import ClusteringError, ConfigError
 from crossreid.evaluation.pipeline import evaluate_model
 from crossreid.training.config import TrainConfig
 from crossreid.training.trainer import train
+from crossreid.utils.parallel import usable_cpus
 from crossreid.utils.threads import torch_threads
 
 __all__ = ["Job", "default_jobs", "run_jobs"]
@@ -98,11 +98,7 @@ class Job:
 
 def default_jobs() -> int:
     """Training runs at once: the CPUs this process may use, at most 3."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(3, cpus))
+    return max(1, min(3, usable_cpus()))
 
 
 def _worker(recipe: DemoRecipe, seed: int, output: str, job: Job, queue) -> dict[str, Any]:
