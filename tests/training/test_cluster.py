@@ -103,7 +103,8 @@ def test_stage_with_camera_aware_batches(tmp_path, tiny_config, arn_run, monkeyp
         return real(records, *args, **kwargs)
 
     real = cluster_module.build_source_loader
-    monkeypatch.setattr(cluster_module, "build_source_loader", spy)
+    monkeypatch.setattr(cluster_module, "build_source_loader", spy)  # pseudo-label batches
+    monkeypatch.setattr(training_data, "build_source_loader", spy)  # source batches
     stage = _stage(tiny_config, tmp_path / "s", arn_run, max_steps=3, cluster_camera_aware=True)
     result = train(stage, progress=False)
     assert result.steps == 3 and all(math.isfinite(h["total"]) for h in result.history)

@@ -46,7 +46,7 @@ from crossreid.evaluation.clustering import (
 from crossreid.evaluation.jaccard import jaccard_distance
 from crossreid.inference import extract_features
 from crossreid.training.config import TrainConfig
-from crossreid.training.data import TrainingData, loader_options
+from crossreid.training.data import TrainingData, labelled_source_loader, loader_options
 from crossreid.training.step import StepOutput, optimise, step_seed
 from crossreid.training.terms import active_terms
 from crossreid.utils.distributed import DistInfo
@@ -114,10 +114,7 @@ class ClusterMethod:
         self.source_loader = None
         self._source = None
         if self.use_source:
-            self.source_loader = build_source_loader(
-                data.train_records, config.image_size, config.batch_size, config.num_instances,
-                **loader_options(config, dist),
-            )  # fmt: skip
+            self.source_loader = labelled_source_loader(config, data, dist)
 
     def prepare(
         self,

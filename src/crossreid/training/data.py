@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from torch.utils.data import DataLoader
+
 from crossreid.data.base import ImageRecord
+from crossreid.data.loaders import build_source_loader
 from crossreid.data.specs import resolve_dataset
 from crossreid.errors import DatasetError
 from crossreid.training.config import TrainConfig
 from crossreid.utils.distributed import DistInfo
 
-__all__ = ["TrainingData", "load_training_data", "loader_options"]
+__all__ = ["TrainingData", "labelled_source_loader", "load_training_data", "loader_options"]
 
 
 @dataclass
@@ -73,3 +76,12 @@ def loader_options(config: TrainConfig, dist: DistInfo) -> dict[str, Any]:
         "random_erasing": config.random_erasing,
         "pad": config.effective_crop_padding,
     }
+
+
+def labelled_source_loader(config: TrainConfig, data: TrainingData, dist: DistInfo) -> DataLoader:
+    """The run's P x K loader over the labelled source training split (the ARN stage's
+    batches, and the source classification kept during the pseudo-label stage)."""
+    return build_source_loader(
+        data.train_records, config.image_size, config.batch_size, config.num_instances,
+        **loader_options(config, dist),
+    )  # fmt: skip

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossreid.data.loaders import build_source_loader, build_target_loader, infinite_batches
+from crossreid.data.loaders import build_target_loader, infinite_batches
 from crossreid.training.cluster import ClusterMethod
 from crossreid.training.config import TrainConfig
-from crossreid.training.data import TrainingData, loader_options
+from crossreid.training.data import TrainingData, labelled_source_loader, loader_options
 from crossreid.training.step import StepOutput, TrainingStep
 from crossreid.utils.distributed import DistInfo
 
@@ -46,10 +46,7 @@ class ArnMethod:
     ) -> None:
         self.config, self.model, self.device, self.dist = config, model, device, dist
         options = loader_options(config, dist)
-        self.source_loader = build_source_loader(
-            data.train_records, config.image_size, config.batch_size, config.num_instances,
-            **options,
-        )  # fmt: skip
+        self.source_loader = labelled_source_loader(config, data, dist)
         self.use_target = data.target_records is not None and config.uses_target_batches
         self.target_loader = None
         if self.use_target:
