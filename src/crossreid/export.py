@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from crossreid.errors import ConfigError, CrossReIDError
-from crossreid.inference.onnx_engine import INPUT_NAME, open_session
+from crossreid.inference.onnx_engine import INPUT_NAME, FeatureNetwork, open_session
 from crossreid.inference.onnx_engine import export_onnx as _export_onnx
 from crossreid.models.checkpoint import find_checkpoint, load_checkpoint
 from crossreid.utils.io import atomic_path
@@ -50,17 +50,6 @@ EXPORT_FORMATS = ("onnx", "torchscript")
 
 class ExportError(CrossReIDError, RuntimeError):
     """The exported model could not be written or does not reproduce PyTorch's output."""
-
-
-class _FeatureNetwork(nn.Module):
-    """``forward`` of the wrapped model only (a stable, single-output export surface)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
 
 
 def _export_torchscript(network: nn.Module, example: torch.Tensor, target: Path) -> None:
@@ -122,7 +111,7 @@ def export_network(
             raise ConfigError("image_size is required for a model without an image_size")
     height, width = (int(v) for v in image_size)
     model = model.to("cpu").eval()
-    network = _FeatureNetwork(model).eval()
+    network = FeatureNetwork(model).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, height, width, generator=generator)
     out = Path(out)

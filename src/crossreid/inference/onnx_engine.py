@@ -65,6 +65,7 @@ from crossreid.utils.io import atomic_write
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FeatureNetwork",
     "GRAPH_FORMAT",
     "INPUT_NAME",
     "MAX_CACHED_GRAPHS",
@@ -117,7 +118,7 @@ class NotExportable(Exception):
         self.repeated = repeated
 
 
-class _FeatureNetwork(nn.Module):
+class FeatureNetwork(nn.Module):
     """``forward`` of the wrapped model only (a stable, single-output export surface)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -171,7 +172,7 @@ def export_onnx(
         value, which the graph froze for the example input (an empty list for a faithful
         graph).
     """
-    network = _FeatureNetwork(model).eval()
+    network = FeatureNetwork(model).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", category=torch.jit.TracerWarning)
         # The TorchScript-based exporter is deprecated in favour of dynamo=True, which
