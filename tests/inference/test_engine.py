@@ -7,7 +7,6 @@ import logging
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from crossreid.data.base import ImageRecord
@@ -35,26 +34,14 @@ def _model(size: tuple[int, int], normalize: bool = False) -> CrossDomainReID:
     return model.eval()
 
 
-def _write(folder, count: int, seed: int) -> list[ImageRecord]:
-    """Market-named random crops: camera i % 2."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(count):
-        path = folder / f"{i // 2 + 1:04d}_c{i % 2 + 1}s1_{i:06d}_00.jpg"
-        Image.fromarray(rng.integers(0, 255, (40, 20, 3), dtype=np.uint8)).save(path)
-        records.append(ImageRecord(str(path), i // 2 + 1, i % 2))
-    return records
+@pytest.fixture(scope="module")
+def records(tmp_path_factory, write_crops) -> list[ImageRecord]:
+    return write_crops(tmp_path_factory.mktemp("engine") / "test", 7, seed=0)
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory) -> list[ImageRecord]:
-    return _write(tmp_path_factory.mktemp("engine") / "test", 7, seed=0)
-
-
-@pytest.fixture(scope="module")
-def calibration(tmp_path_factory) -> list[ImageRecord]:
-    return _write(tmp_path_factory.mktemp("engine") / "train", 20, seed=1)
+def calibration(tmp_path_factory, write_crops) -> list[ImageRecord]:
+    return write_crops(tmp_path_factory.mktemp("engine") / "train", 20, seed=1)
 
 
 @pytest.fixture

@@ -44,18 +44,6 @@ class TinyNet(nn.Module):
         return nn.functional.normalize(features, dim=1) if self.normalize_features else features
 
 
-def _images(folder, count: int = 7) -> list[ImageRecord]:
-    """Market-named random crops: pid i // 2 + 1, camera i % 2."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(count):
-        path = folder / f"{i // 2 + 1:04d}_c{i % 2 + 1}s1_{i:06d}_00.jpg"
-        Image.fromarray(rng.integers(0, 255, (40, 20, 3), dtype=np.uint8)).save(path)
-        records.append(ImageRecord(str(path), i // 2 + 1, i % 2))
-    return records
-
-
 def _reference(model: nn.Module, records: list[ImageRecord]) -> np.ndarray:
     """Features computed the plain way: one image at a time, contiguous, no_grad."""
     transform = build_transforms(SIZE, train=False)
@@ -66,8 +54,10 @@ def _reference(model: nn.Module, records: list[ImageRecord]) -> np.ndarray:
         )
 
 
-def test_features_follow_record_order_and_equal_plain_eager_inference(tmp_path) -> None:
-    records = _images(tmp_path)[::-1]  # not sorted by path: the order must be the records'
+def test_features_follow_record_order_and_equal_plain_eager_inference(
+    write_crops, tmp_path
+) -> None:
+    records = write_crops(tmp_path)[::-1]  # not sorted by path: the order must be the records'
     model = TinyNet()
     result = extract_features(model, records, batch_size=3)
     features, pids, camids, paths = result  # a 4-tuple
@@ -81,16 +71,16 @@ def test_features_follow_record_order_and_equal_plain_eager_inference(tmp_path) 
     np.testing.assert_allclose(again.features, features, rtol=1e-5, atol=1e-5)
 
 
-def test_model_state_is_restored(tmp_path) -> None:
+def test_model_state_is_restored(write_crops, tmp_path) -> None:
     model = TinyNet().train()
-    extract_features(model, _images(tmp_path, 2), batch_size=2)
+    extract_features(model, write_crops(tmp_path, 2), batch_size=2)
     assert model.training
     assert model.conv.weight.is_contiguous()  # back from channels_last
     assert model.bn.running_mean.abs().sum() == 0  # eval mode during extraction: no BN update
 
 
-def test_flip_averages_the_mirrored_image_and_renormalises(tmp_path) -> None:
-    records = _images(tmp_path, 3)
+def test_flip_averages_the_mirrored_image_and_renormalises(write_crops, tmp_path) -> None:
+    records = write_crops(tmp_path, 3)
     plain = TinyNet()
     result = extract_features(plain, records, flip=True)
     transform = build_transforms(SIZE, train=False)
@@ -107,8 +97,8 @@ def test_flip_averages_the_mirrored_image_and_renormalises(tmp_path) -> None:
     np.testing.assert_allclose(unit, nn.functional.normalize(mean, dim=1).numpy(), atol=1e-5)
 
 
-def test_unreadable_images_are_skipped_with_a_warning(tmp_path, caplog) -> None:
-    records = _images(tmp_path, 4)
+def test_unreadable_images_are_skipped_with_a_warning(write_crops, tmp_path, caplog) -> None:
+    records = write_crops(tmp_path, 4)
     broken = tmp_path / "0009_c1s1_000099_00.jpg"
     broken.write_bytes(b"not a jpeg")
     records.insert(2, ImageRecord(str(broken), 9, 0))
@@ -135,9 +125,9 @@ def test_bad_arguments() -> None:
 
 
 def test_records_from_folder_parses_market_names_and_warns_about_other_files(
-    tmp_path, caplog
+    write_crops, tmp_path, caplog
 ) -> None:
-    _images(tmp_path / "crops" / "sub", 3)
+    write_crops(tmp_path / "crops" / "sub", 3)
     Image.new("RGB", (8, 8)).save(tmp_path / "crops" / "street.png")
     (tmp_path / "crops" / "notes.txt").write_text("not an image")
     (tmp_path / "crops" / ".hidden").write_text("ignored")
@@ -155,8 +145,8 @@ def test_records_from_folder_parses_market_names_and_warns_about_other_files(
         records_from_folder(tmp_path / "empty")
 
 
-def test_records_from_paths(tmp_path, caplog) -> None:
-    records = _images(tmp_path, 2)
+def test_records_from_paths(write_crops, tmp_path, caplog) -> None:
+    records = write_crops(tmp_path, 2)
     (tmp_path / "a.txt").write_text("x")
     with caplog.at_level(logging.WARNING):
         got = records_from_paths([records[1].path, str(tmp_path / "a.txt"), records[0].path])
@@ -165,8 +155,10 @@ def test_records_from_paths(tmp_path, caplog) -> None:
         records_from_paths([str(tmp_path / "missing.jpg")])
 
 
-def test_query_gallery_arrays_use_the_evaluate_keys(tmp_path, features_file_keys) -> None:
-    records = _images(tmp_path, 5)
+def test_query_gallery_arrays_use_the_evaluate_keys(
+    write_crops, tmp_path, features_file_keys
+) -> None:
+    records = write_crops(tmp_path, 5)
     arrays = extract_query_gallery(TinyNet(), records[:2], records[2:], batch_size=4)
     assert set(arrays) == features_file_keys
     assert arrays["qf"].shape == (2, 8) and arrays["gf"].shape == (3, 8)
@@ -174,9 +166,11 @@ def test_query_gallery_arrays_use_the_evaluate_keys(tmp_path, features_file_keys
     np.testing.assert_array_equal(arrays["q_camids"], [0, 1])
 
 
-def test_without_a_process_group_the_distributed_path_is_the_single_process_one(tmp_path) -> None:
+def test_without_a_process_group_the_distributed_path_is_the_single_process_one(
+    write_crops, tmp_path
+) -> None:
     # The two-process run is tested end to end in tests/cli/test_cli_extract.py.
-    records = _images(tmp_path, 3)
+    records = write_crops(tmp_path, 3)
     a = extract_features_distributed(TinyNet(), records, batch_size=2)
     b = extract_features(TinyNet(), records, batch_size=2)
     assert a.paths == b.paths
