@@ -14,6 +14,7 @@ from crossreid.errors import ClusteringError
 from crossreid.evaluation import (
     PseudoLabels,
     cluster_pseudo_labels,
+    clustering,
     estimate_eps,
     jaccard_distance,
 )
@@ -89,6 +90,17 @@ def test_estimate_eps_matches_the_dense_rule(n, k1, rho, seed):
         with pytest.raises(ClusteringError, match="too few for rho"):
             estimate_eps(dist, rho=rho)
         return
+    assert estimate_eps(dist, rho=rho) == pytest.approx(upper[:count].mean(dtype=np.float64))
+
+
+@pytest.mark.parametrize("row_chunk", [1, 3, 17])
+@pytest.mark.parametrize("rho", [2e-3, 0.05, 0.4, 1.0])
+def test_estimate_eps_block_by_block_matches_the_dense_rule(monkeypatch, row_chunk, rho):
+    # Small row blocks: the running pool is filtered by its bound and cut back many times.
+    monkeypatch.setattr(clustering, "_ROW_CHUNK", row_chunk)
+    dist = jaccard_distance(clustered_features(90, 8, seed=3), k1=12)
+    upper = np.sort(as_dense(dist)[np.triu_indices(90, 1)])
+    count = int(np.round(rho * upper.size))
     assert estimate_eps(dist, rho=rho) == pytest.approx(upper[:count].mean(dtype=np.float64))
 
 

@@ -147,12 +147,19 @@ def estimate_eps(jaccard: Any, rho: float = MMT_RHO) -> float:
             f"estimate_eps: {n} samples have {num_pairs} pairs, too few for rho={float(rho):g} "
             "to select one (use more samples or a larger rho)"
         )
+    # A running pool of candidates: once `count` values are known, only those below the
+    # count-th smallest so far can still be among the smallest, so each block is filtered
+    # by that bound (one comparison per distance) and the pool is cut back to `count` only
+    # when it has doubled (0.40 s against 0.60-0.72 s with a partition per block, N = 25,909).
     smallest = np.empty(0, dtype=np.float32)
+    bound = np.inf
     for upper in _upper_triangle_chunks(dist):
-        pool = np.concatenate([smallest, upper])
-        if pool.size > count:
-            pool = np.partition(pool, count - 1)[:count]
-        smallest = pool
+        smallest = np.concatenate([smallest, upper[upper < bound]])
+        if smallest.size > 2 * count:
+            smallest = np.partition(smallest, count - 1)[:count]
+            bound = smallest.max()
+    if smallest.size > count:
+        smallest = np.partition(smallest, count - 1)[:count]
     # The pairs not stored are at distance 1 and fill whatever the stored ones leave.
     total = float(smallest.sum(dtype=np.float64)) + (count - smallest.size) * 1.0
     return total / count
