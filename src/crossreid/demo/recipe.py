@@ -140,7 +140,12 @@ _PSEUDO: dict[str, Any] = {
     "cluster_camera_bn": True,
     # The source classification stays on (w_cls 1, TrainConfig's default): a labelled A
     # batch beside each pseudo-labelled B batch (README's demo section).
-    "memory_temperature": 0.1,
+    # Random erasing (p 0.5, as in Cluster Contrast) on the stage's batches keeps the model
+    # from memorising its clusters' mistakes: from seeds 0 and 3's adapted models it took
+    # the stage from 19.3 / 8.4 % to 23.0 / 10.6 % target mAP and the clusters' NMI rose
+    # during the stage (seed 0: 0.78 to 0.86) where without it it stayed flat; with it, the
+    # memory temperature 0.05 (TrainConfig's default) gave 23.6 / 11.6 % against 0.1's.
+    "random_erasing": 0.5,
     "lr": 1e-3,
     "backbone_lr": 1e-3,
     "warmup_steps": 10,
