@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 
@@ -37,3 +39,13 @@ def _onnx_graph_cache(tmp_path_factory):
         os.environ.pop("CROSSREID_ONNX_CACHE", None)
     else:
         os.environ["CROSSREID_ONNX_CACHE"] = before
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(tmp_path_factory, request):
+    """A folder for one test module's shared fixtures (checkpoints of ~90-180 MB), deleted
+    when the module ends: ``tmp_path_factory.mktemp`` folders live until the session ends,
+    and the suite runs on machines whose disk is shared."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -24,7 +24,7 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> tuple[str, CrossDomainReID]:
+def checkpoint(module_tmp_path) -> tuple[str, CrossDomainReID]:
     torch.manual_seed(0)
     model = CrossDomainReID(**SMALL)
     # Non-trivial BatchNorm statistics, so folding them in an export is actually checked.
@@ -33,15 +33,16 @@ def checkpoint(tmp_path_factory) -> tuple[str, CrossDomainReID]:
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("export") / "model.pt"
+    path = module_tmp_path / "model.pt"
     save_checkpoint(path, build_checkpoint(model))
     return str(path), model.eval()
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory) -> dict:
+def exported(checkpoint, module_tmp_path) -> dict:
     """Each format exported once for the module."""
-    folder = tmp_path_factory.mktemp("exported")
+    folder = module_tmp_path / "exported"
+    folder.mkdir()
     return {
         fmt: export_model(checkpoint[0], fmt, folder / f"reid.{fmt}")
         for fmt in ("onnx", "torchscript")

@@ -14,10 +14,10 @@ SMALL = {"num_classes": 3, "image_size": (64, 32), "decoder_widths": (8, 8, 8, 8
 
 
 @pytest.fixture(scope="module")
-def model_and_checkpoint(tmp_path_factory) -> tuple[CrossDomainReID, str]:
+def model_and_checkpoint(module_tmp_path) -> tuple[CrossDomainReID, str]:
     torch.manual_seed(0)
     model = CrossDomainReID("resnet18", **SMALL).eval()
-    path = tmp_path_factory.mktemp("cli_export") / "model.pt"
+    path = module_tmp_path / "model.pt"
     save_checkpoint(path, build_checkpoint(model))
     return model, str(path)
 

@@ -21,10 +21,10 @@ BROKEN = "0099_c1s1_000099_00.jpg"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(module_tmp_path) -> dict:
     """A checkpoint, a Market-layout dataset with one unreadable gallery image, and the
     single-process extract output of it."""
-    root = tmp_path_factory.mktemp("extract")
+    root = module_tmp_path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CROSSREID_CACHE", str(root / "cache"))
         from crossreid.data.specs import resolve_dataset

@@ -19,8 +19,8 @@ SPEC = "synthetic:B?ids=6&images=4&cameras=2&size=64x32"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("search")
+def setup(module_tmp_path) -> dict:
+    root = module_tmp_path
     torch.manual_seed(1)
     model = CrossDomainReID("resnet18", num_classes=6, image_size=(64, 32), decoder_widths=(8,) * 4)
     checkpoint = root / "model.pt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -108,12 +109,13 @@ def test_runs_in_worker_processes_give_the_same_numbers(tmp_path):
     def metrics(workers):
         results = demo.run_demo(
             seed=6,
-            output=tmp_path / str(workers),
+            output=tmp_path / "o",
             recipe=TINY,
             progress=False,
             log=lambda s: None,
             workers=workers,
         )
+        shutil.rmtree(tmp_path / "o")  # four checkpoints, ~1 GB: one run's on disk at a time
         return {
             key: {k: m[k] for k in ("rank1", "rank5", "mAP", "mINP")}
             for key, m in results["models"].items()
@@ -127,6 +129,7 @@ def test_second_run_reuses_the_cached_domains(tmp_path, monkeypatch):
 
     options = {"recipe": TINY, "progress": False, "log": lambda s: None, "workers": 1}
     demo.run_demo(seed=4, output=tmp_path / "a", **options)
+    shutil.rmtree(tmp_path / "a")  # ~1 GB of checkpoints
     calls = []
     monkeypatch.setattr(specs, "generate_domain", lambda *a, **k: calls.append(a))
     demo.run_demo(seed=4, output=tmp_path / "b", **options)
@@ -179,6 +182,7 @@ def test_cli_demo_json_and_ablate(tmp_path, monkeypatch, capsys):
     assert data["seed"] == 2 and set(data["models"]) == models
     assert set(data["models"]["pseudo_labels"]) == set(data["models"]["adapted"])
     assert data["seconds"] > 0
+    shutil.rmtree(tmp_path / "o")  # ~1 GB of checkpoints; the ablation writes its own
 
     # w_ctr is already 0 in the recipe: zeroing it again would be a duplicate row.
     # w_cls=0 with w_ctr=0 leaves nothing to supervise identities: skipped, said so.

@@ -34,8 +34,9 @@ def test_memory_moves_each_centroid_towards_its_samples_in_order():
 
 
 @pytest.fixture
-def arn_run(tmp_path_factory, tiny_config):
-    out = tmp_path_factory.mktemp("arn")
+def arn_run(tmp_path, tiny_config):
+    # In the test's own folder: deleted when the test passes (a checkpoint is ~180 MB).
+    out = tmp_path / "arn"
     train(tiny_config(out, max_steps=4), progress=False)
     return out
 
