@@ -330,9 +330,9 @@ def _tiny_model(seed: int) -> CrossDomainReID:
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_folder(module_tmp_path: Path) -> Path:
     """A run folder whose best.pt (step 4) and last.pt (step 8) hold different weights."""
-    run = tmp_path_factory.mktemp("run")
+    run = module_tmp_path / "run"
     for name, seed, step in (("best.pt", 1, 4), ("last.pt", 2, 8)):
         save_checkpoint(run / "checkpoints" / name, build_checkpoint(_tiny_model(seed), step=step))
     return run
