@@ -19,6 +19,11 @@ cluster-contrast loss of Dai et al., 2021), then moves each sample's centroid to
 Target identity labels are never read: records keep only their path and camera. The
 checkpoint holds the current pseudo-labels and memory, so a run resumed mid-epoch continues
 exactly.
+
+Under ``torchrun`` rank 0 clusters (extraction, Jaccard distance, DBSCAN) while the other
+ranks wait, and broadcasts the labels and the memory; each rank then draws its own batches,
+the gradients are averaged by DistributedDataParallel, and every rank moves the memory with
+the batches of all ranks (gathered, in rank order), so the memories stay identical.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
@@ -76,6 +82,28 @@ def update_memory(
         memory[label] = centroid / centroid.norm().clamp_min(1e-12)
 
 
+class _StageForward(nn.Module):
+    """The stage's forward as one module, so DistributedDataParallel can wrap it: the
+    identity vectors of a batch and, with the source classification, the logits of its
+    last rows (the source images after the first ``count``)."""
+
+    def __init__(self, model: nn.Module, classify: bool) -> None:
+        super().__init__()
+        self.model, self.classify = model, classify
+
+    def forward(self, images: torch.Tensor, count: int) -> tuple[torch.Tensor, Any]:
+        _, vectors = self.model.encode_identity(images)
+        logits = self.model.classify(vectors[count:]) if self.classify else None
+        return vectors, logits
+
+
+def _gather_from_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` of every rank (same shape on each), concatenated in rank order."""
+    parts = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
+
+
 class ClusterMethod:
     """The pseudo-label stage as a training method (see the module docstring)."""
 
@@ -87,8 +115,6 @@ class ClusterMethod:
         device: torch.device,
         dist: DistInfo,
     ) -> None:
-        if dist.is_distributed:
-            raise ConfigError("method cluster runs in one process (torchrun is not supported)")
         if data.target_records is None:
             raise ConfigError("method cluster needs the target's training split")
         self.config, self.model, self.device, self.dist = config, model, device, dist
@@ -130,6 +156,12 @@ class ClusterMethod:
             scaler,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.forward_module: nn.Module = _StageForward(self.model, self.use_source)
+        if self.dist.is_distributed:
+            self.forward_module = nn.parallel.DistributedDataParallel(
+                self.forward_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
 
     def start(self, start_step: int) -> None:
         if self.source_loader is not None:
@@ -139,6 +171,51 @@ class ClusterMethod:
 
     # -- clustering --------------------------------------------------------------------------
     def _recluster(self, state: Any) -> None:
+        """New pseudo-labels and memory (on rank 0, then broadcast under ``torchrun``)."""
+        outcome = None
+        if self.dist.is_main:
+            try:
+                outcome = self._cluster(state)
+            except BaseException as error:
+                # The other ranks stop too, with the same message, instead of waiting.
+                self._broadcast(None, f"rank 0: {error}")
+                raise
+        labels, memory, eps = self._broadcast(outcome)
+        self.labels, self.memory, self.eps = labels, memory.to(self.device), eps
+        self.epoch_start = state.step
+        self._open_stream(0)
+
+    def _broadcast(
+        self, outcome: tuple[np.ndarray, torch.Tensor, float] | None, failure: str = ""
+    ) -> tuple[np.ndarray, torch.Tensor, float]:
+        """Rank 0's ``(labels, memory, eps)`` on every rank. ``None`` from rank 0 says it
+        failed (its own error is raised there): the other ranks raise
+        :class:`ClusteringError` with its message ``failure``."""
+        if not self.dist.is_distributed:
+            return outcome
+        header = torch.zeros(4, dtype=torch.float64, device=self.device)
+        if outcome is not None:
+            labels, memory, eps = outcome
+            header += torch.tensor([1.0, memory.shape[0], memory.shape[1], eps]).to(header)
+        torch.distributed.broadcast(header, src=0)
+        ok, clusters, width, eps = header.tolist()
+        if not ok:
+            message = [failure]
+            torch.distributed.broadcast_object_list(message, src=0, device=self.device)
+            if self.dist.is_main:
+                return outcome
+            raise ClusteringError(message[0])
+        if not self.dist.is_main:
+            labels = np.empty(len(self.records), dtype=np.int64)
+            memory = torch.empty(int(clusters), int(width), dtype=torch.float32)
+        shared = torch.from_numpy(labels).to(self.device)
+        torch.distributed.broadcast(shared, src=0)
+        memory = memory.to(self.device)
+        torch.distributed.broadcast(memory, src=0)
+        return shared.cpu().numpy(), memory, eps
+
+    def _cluster(self, state: Any) -> tuple[np.ndarray, torch.Tensor, float]:
+        """Extract, cluster and build the centroid memory: ``(labels, memory, eps)``."""
         c = self.config
         extracted = extract_features(
             self.model, self.records, c.image_size, batch_size=c.eval_batch_size,
@@ -150,45 +227,48 @@ class ClusterMethod:
             np.linalg.norm(extracted.features, axis=1, keepdims=True), 1e-12
         )
         distance = jaccard_distance(features, k1=c.cluster_k1, k2=c.cluster_k2)
-        self.eps = c.cluster_eps if c.cluster_eps is not None else estimate_eps(distance)
-        pseudo = cluster_pseudo_labels(distance, self.eps, c.cluster_min_samples)
-        self._check_enough(pseudo, distance)
+        eps = c.cluster_eps if c.cluster_eps is not None else estimate_eps(distance)
+        pseudo = cluster_pseudo_labels(distance, eps, c.cluster_min_samples)
+        self._check_enough(pseudo, distance, eps)
         index = {path: i for i, path in enumerate(r.path for r in self.records)}
         labels = np.full(len(self.records), -1, dtype=np.int64)
         labels[[index[p] for p in extracted.paths]] = pseudo.labels
-        self.labels, self.epoch_start = labels, state.step
         kept = pseudo.labels >= 0
         centroids = torch.zeros(pseudo.num_clusters, features.shape[1], dtype=torch.float32)
         centroids.index_add_(
             0, torch.from_numpy(pseudo.labels[kept]), torch.from_numpy(features[kept])
         )
-        self.memory = F.normalize(centroids, dim=1).to(self.device)
-        self._log(state, pseudo)
-        self._open_stream(0)
+        self._log(state, pseudo, eps)
+        return labels, F.normalize(centroids, dim=1), eps
 
-    def _check_enough(self, pseudo: PseudoLabels, distance) -> None:
-        identities = self.config.batch_size // self.config.num_instances
+    def _check_enough(self, pseudo: PseudoLabels, distance, eps: float) -> None:
+        # Each rank's P x K batch has its own P pseudo-identities.
+        per_rank = self.config.batch_size // self.config.num_instances
+        identities = per_rank * self.dist.world_size
         if pseudo.num_clusters < identities:
+            ranks = (
+                f" ({per_rank} per rank x {self.dist.world_size})" if identities > per_rank else ""
+            )
             raise ClusteringError(
-                f"DBSCAN (eps {self.eps:.3f}) found {pseudo.num_clusters} clusters "
+                f"DBSCAN (eps {eps:.3f}) found {pseudo.num_clusters} clusters "
                 f"({pseudo.num_outliers} outliers, largest {pseudo.largest}), fewer than the "
-                f"{identities} pseudo-identities a batch needs; set cluster_eps (larger when "
+                f"{identities} pseudo-identities a batch needs{ranks}; set cluster_eps (larger when "
                 "most images are outliers, smaller when clusters merge) or a smaller batch "
                 f"({describe_distances(distance)})"
             )
 
-    def _log(self, state: Any, pseudo: PseudoLabels) -> None:
+    def _log(self, state: Any, pseudo: PseudoLabels, eps: float) -> None:
         values = {
             "clusters": pseudo.num_clusters,
             "outliers": pseudo.num_outliers,
             "largest": pseudo.largest,
-            "eps": self.eps,
+            "eps": eps,
         }
         state.run_logger.scalars(state.step, values, prefix="cluster/")
         state.run_logger.record(state.step, "cluster", values)
         message = (
             f"step {state.step}: {pseudo.num_clusters} clusters, {pseudo.num_outliers} "
-            f"outliers, largest {pseudo.largest} (eps {self.eps:.3f})"
+            f"outliers, largest {pseudo.largest} (eps {eps:.3f})"
         )
         if state.bar is not None:
             state.bar.write(message)
@@ -230,8 +310,7 @@ class ClusterMethod:
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.scaler is not None):
-            _, vectors = self.model.encode_identity(images)
-            logits = self.model.classify(vectors[count:]) if self.use_source else None
+            vectors, logits = self.forward_module(images, count)
         vectors = vectors.float()
         terms = {"ccl": cluster_contrast_loss(
             vectors[:count], labels, self.memory, c.memory_temperature
@@ -244,7 +323,10 @@ class ClusterMethod:
         values = optimise(
             total, terms, self.optimizer, self.scheduler, self.scaler, self.params, state.step
         )
-        update_memory(self.memory, vectors[:count], labels, c.memory_momentum)
+        batch = vectors[:count].detach()
+        if self.dist.is_distributed:  # every rank's samples, so the memories stay equal
+            batch, labels = _gather_from_ranks(batch), _gather_from_ranks(labels)
+        update_memory(self.memory, batch, labels, c.memory_momentum)
         return StepOutput(
             {"total": values[0], **dict(zip(terms, values[2:], strict=True))}, values[1], None
         )
