@@ -17,6 +17,7 @@ from crossreid.evaluation import (
     clustering,
     estimate_eps,
     jaccard_distance,
+    reliable_pseudo_labels,
 )
 
 
@@ -191,3 +192,60 @@ def test_estimate_eps_needs_enough_pairs():
     # 10 samples have 45 pairs; 1.6e-3 of them rounds to none.
     with pytest.raises(ClusteringError, match="10 samples have 45 pairs, too few for rho=0.0016"):
         estimate_eps(hand_matrix())
+
+
+def line_matrix() -> sp.csr_matrix:
+    """Fifteen samples on a line, distance |x_i - x_j|: A = 0.00-0.03 (steps of 0.01); B =
+    0.30-0.32 and 0.36 (0.04 from the rest); C = 0.60-0.62 and D = 0.68-0.70 (0.06 apart);
+    0.90 alone."""
+    x = np.array([0.0, 0.01, 0.02, 0.03, 0.30, 0.31, 0.32, 0.36])
+    x = np.concatenate([x, [0.60, 0.61, 0.62, 0.68, 0.69, 0.70, 0.90]])
+    dense = np.abs(x[:, None] - x[None, :]).astype(np.float32)
+    rows, cols = np.nonzero(dense < 1)
+    return sp.csr_matrix((dense[rows, cols], (rows, cols)), shape=dense.shape)
+
+
+def test_spcl_reliability_by_hand():
+    # At eps 0.05: A, B (with 0.36), C, D and one outlier. At 0.03 (tighter) 0.36 splits off
+    # B: B's members score 1 - 3/4 and 0.36 scores 1 - 1/4, so 0.36 is dropped. At 0.07
+    # (looser) C and D merge: each scores 1 - 3/6 for independence, A and B 0.
+    dist = line_matrix()
+    pseudo = cluster_pseudo_labels(dist, eps=0.05, min_samples=2)
+    assert pseudo.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 3 + [3] * 3 + [-1]
+    result = reliable_pseudo_labels(dist, pseudo, eps=0.05, min_samples=2, delta=0.02)
+    # SpCL's threshold: the cluster at position round(0.9 x 4) = 4 -> the last, 0.5: C and D
+    # stay.
+    assert result.independence_threshold == pytest.approx(0.5)
+    assert result.pseudo.labels.tolist() == [0] * 4 + [1] * 3 + [-1] + [2] * 3 + [3] * 3 + [-1]
+    assert (result.unreliable, result.pseudo.num_clusters, result.pseudo.num_outliers) == (1, 4, 2)
+    assert result.pseudo.largest == 4
+    # A stricter threshold (from an earlier clustering) drops the merging clusters C and D.
+    strict = reliable_pseudo_labels(dist, pseudo, 0.05, 2, 0.02, independence_threshold=0.4)
+    assert strict.pseudo.labels.tolist() == [0] * 4 + [1] * 3 + [-1] * 8
+    assert (strict.unreliable, strict.pseudo.num_clusters, strict.independence_threshold) == (
+        7,
+        2,
+        0.4,
+    )
+
+
+def _dense_one_minus_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    same_a, same_b = a[:, None] == a[None, :], b[:, None] == b[None, :]
+    return 1 - (same_a & same_b).sum(1) / (same_a | same_b).sum(1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(-1, 4), st.integers(-1, 4)), min_size=1, max_size=30))
+def test_reliability_scores_match_the_dense_n_by_n_rule(pairs):
+    # SpCL computes the scores from N x N same-cluster matrices; here from counts.
+    a, b = (np.array(column) for column in zip(*pairs, strict=True))
+    a, b = clustering._outliers_alone(a), clustering._outliers_alone(b)
+    assert np.allclose(clustering._one_minus_iou(a, b), _dense_one_minus_iou(a, b), atol=1e-12)
+
+
+@pytest.mark.parametrize("delta", [0.05, 0.5, -0.01])
+def test_reliability_needs_eps_minus_and_plus_delta_in_0_1(delta):
+    dist = line_matrix()
+    pseudo = cluster_pseudo_labels(dist, eps=0.05, min_samples=2)
+    with pytest.raises(ClusteringError, match="delta must be > 0 and eps 0.05 -/"):
+        reliable_pseudo_labels(dist, pseudo, 0.05, 2, delta)

@@ -94,6 +94,43 @@ def test_stage_resumes_mid_epoch_exactly(tmp_path, tiny_config, arn_run):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_stage_with_reliability_logs_its_drops_and_resumes_exactly(
+    tmp_path, tiny_config, arn_run, monkeypatch
+):
+    # Clusterings at steps 0, 3 and 6; the run stopped at 4 and resumed must reuse the first
+    # clustering's independence threshold at step 6, from the checkpoint.
+    thresholds = []
+
+    def spy(*args, **kwargs):
+        thresholds.append(args[5])
+        return real(*args, **kwargs)
+
+    real = cluster_module.reliable_pseudo_labels
+    monkeypatch.setattr(cluster_module, "reliable_pseudo_labels", spy)
+    options = {"cluster_reliability": 0.02, "max_steps": 8}
+    straight = train(_stage(tiny_config, tmp_path / "a", arn_run, **options), progress=False)
+    first = thresholds[1]
+    assert thresholds == [None, first, first] and first is not None
+    lines = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    clusterings = [x for x in lines if x.get("kind") == "cluster"]
+    assert [x["step"] for x in clusterings] == [0, 3, 6]
+    assert all(0 <= x["unreliable"] <= x["outliers"] for x in clusterings)
+    saved = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)
+    assert 0 <= saved["method_state"]["independence"] <= 1
+
+    stopped = {**options, "max_steps": 4}
+    train(_stage(tiny_config, tmp_path / "b", arn_run, **stopped), progress=False)
+    resume = {"resume": str(tmp_path / "b"), "init_from": None}
+    thresholds.clear()
+    resumed = train(
+        _stage(tiny_config, tmp_path / "b", arn_run, **options, **resume), progress=False
+    )
+    assert thresholds == [first]  # step 6's clustering, after the resume at step 4
+    assert [h["total"] for h in resumed.history] == [h["total"] for h in straight.history[4:]]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_stage_with_camera_aware_batches(tmp_path, tiny_config, arn_run, monkeypatch):
     # The sampler's camera cycling is tested in tests/data/test_samplers.py; here the
     # option reaches the pseudo-label loader (not the source one) and the stage trains.
@@ -164,6 +201,8 @@ def test_a_clustering_without_enough_clusters_stops_with_one_line(tmp_path, tiny
         ({"mode": "source-only"}, "method cluster trains on the target"),
         ({"w_ccl": 0.0, "w_cls": 0.0}, "w_cls, w_ccl are all 0"),
         ({"w_ccl": 0.0}, "method cluster needs w_ccl > 0"),
+        ({"cluster_reliability": 0.0}, "cluster_reliability must be in"),
+        ({"cluster_reliability": 0.1, "cluster_eps": 0.05}, r"cluster_eps -/\+ it in \(0, 1\)"),
     ],
 )
 def test_stage_options_are_checked(tmp_path, tiny_config, overrides, message):

@@ -16,7 +16,13 @@ Example::
 
 from typing import TYPE_CHECKING, Any
 
-from crossreid.evaluation.clustering import PseudoLabels, cluster_pseudo_labels, estimate_eps
+from crossreid.evaluation.clustering import (
+    PseudoLabels,
+    Reliability,
+    cluster_pseudo_labels,
+    estimate_eps,
+    reliable_pseudo_labels,
+)
 from crossreid.evaluation.distance import METRICS, pairwise_distance
 from crossreid.evaluation.features import evaluate_features
 from crossreid.evaluation.jaccard import jaccard_distance
@@ -33,6 +39,7 @@ __all__ = [
     "ModelEvaluation",
     "PseudoLabels",
     "RankResult",
+    "Reliability",
     "cluster_pseudo_labels",
     "estimate_eps",
     "evaluate_arrays",
@@ -42,6 +49,7 @@ __all__ = [
     "jaccard_distance",
     "pairwise_distance",
     "re_ranking",
+    "reliable_pseudo_labels",
 ]
 
 # The pipeline runs models (torch); the metrics above are NumPy only. Loading it on first use

@@ -24,7 +24,14 @@ import scipy.sparse as sp
 
 from crossreid.errors import ClusteringError
 
-__all__ = ["PseudoLabels", "cluster_pseudo_labels", "describe_distances", "estimate_eps"]
+__all__ = [
+    "PseudoLabels",
+    "Reliability",
+    "cluster_pseudo_labels",
+    "describe_distances",
+    "estimate_eps",
+    "reliable_pseudo_labels",
+]
 
 # MMT's density fraction: eps is the mean of the smallest 0.16% of pairwise distances.
 MMT_RHO = 1.6e-3
@@ -32,6 +39,9 @@ MMT_RHO = 1.6e-3
 _ROW_CHUNK = 2048
 # Stored distances sampled for the quantiles quoted in error messages.
 _QUANTILE_SAMPLE = 1_000_000
+# SpCL's independence quantile: at the first clustering the threshold is the score of the
+# cluster at this quantile of all clusters' (of more than one sample), SpCL's 0.9.
+SPCL_INDEPENDENCE_QUANTILE = 0.9
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,114 @@ def cluster_pseudo_labels(jaccard: Any, eps: float, min_samples: int = 4) -> Pse
             f"({describe_distances(dist)})"
         )
     return result
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """The reliable part of a clustering (:func:`reliable_pseudo_labels`).
+
+    Attributes:
+        pseudo: the kept clusters, renumbered ``0 .. K - 1`` in their original order;
+            ``-1`` for DBSCAN's outliers and the samples the criterion dropped.
+        unreliable: samples of DBSCAN's clusters that the criterion dropped.
+        independence_threshold: the threshold used (pass it to later clusterings).
+    """
+
+    pseudo: PseudoLabels
+    unreliable: int
+    independence_threshold: float
+
+
+def reliable_pseudo_labels(
+    jaccard: Any,
+    pseudo: PseudoLabels,
+    eps: float,
+    min_samples: int,
+    delta: float,
+    independence_threshold: float | None = None,
+) -> Reliability:
+    """SpCL's cluster reliability criterion (Ge et al., NeurIPS 2020) on a DBSCAN clustering.
+
+    The distance is clustered again at ``eps + delta`` (looser) and ``eps - delta``
+    (tighter). With every outlier a cluster of its own, a sample's score against another
+    clustering is ``1 - IoU`` of its cluster there and its cluster here (the samples in
+    both over those in either); a cluster's score is the smallest of its members'.
+
+    * Independence, against the looser clustering: a cluster that merges with others when
+      eps grows scores high; the clusters above ``independence_threshold`` are dropped.
+    * Compactness, against the tighter one: in each cluster only the members with the
+      cluster's score are kept; those that split off when eps shrinks are dropped.
+
+    Args:
+        jaccard: the ``[N, N]`` sparse distance ``pseudo`` was clustered from.
+        pseudo: :func:`cluster_pseudo_labels` at ``eps`` and ``min_samples``.
+        eps, min_samples: that clustering's parameters.
+        delta: the radius change, with ``0 < eps - delta`` and ``eps + delta < 1`` (SpCL
+            uses 0.02).
+        independence_threshold: ``None`` at the first clustering: the score of the cluster
+            at the 90th percentile (SpCL's rule), returned for the later ones.
+
+    Raises:
+        ClusteringError: ``eps -/+ delta`` outside ``(0, 1)``, or a bad matrix.
+    """
+    if not (isinstance(delta, numbers.Real) and 0.0 < eps - delta < eps < eps + delta < 1.0):
+        raise ClusteringError(
+            f"reliable_pseudo_labels: delta must be > 0 and eps {eps:g} -/+ delta {delta!r} "
+            "must stay in (0, 1)"
+        )
+    dist = _as_distance(jaccard, "reliable_pseudo_labels")
+    labels = pseudo.labels
+    n, k = labels.size, pseudo.num_clusters
+    base = _outliers_alone(labels)
+    tighter = _outliers_alone(_dbscan(_within(dist, eps - delta), eps - delta, min_samples))
+    looser = _outliers_alone(_dbscan(_within(dist, eps + delta), eps + delta, min_samples))
+    clustered = np.flatnonzero(labels >= 0)
+    owner = labels[clustered]
+    compactness = _one_minus_iou(base, tighter)[clustered]
+    independence = _one_minus_iou(base, looser)[clustered]
+    cluster_compactness = np.full(k, np.inf)
+    np.minimum.at(cluster_compactness, owner, compactness)
+    cluster_independence = np.full(k, np.inf)
+    np.minimum.at(cluster_independence, owner, independence)
+    if independence_threshold is None:
+        several = np.bincount(owner, minlength=k) > 1
+        scores = np.sort(cluster_independence[several] if several.any() else cluster_independence)
+        position = min(scores.size - 1, int(np.round(scores.size * SPCL_INDEPENDENCE_QUANTILE)))
+        independence_threshold = float(scores[position])
+    kept = (cluster_independence[owner] <= independence_threshold) & (
+        compactness <= cluster_compactness[owner]
+    )
+    _, renumbered = np.unique(owner[kept], return_inverse=True)
+    new = np.full(n, -1, dtype=np.int64)
+    new[clustered[kept]] = renumbered
+    sizes = np.bincount(renumbered)
+    return Reliability(
+        PseudoLabels(
+            labels=new,
+            num_clusters=int(sizes.size),
+            num_outliers=int(n - kept.sum()),
+            largest=int(sizes.max()) if sizes.size else 0,
+        ),
+        unreliable=int(clustered.size - kept.sum()),
+        independence_threshold=float(independence_threshold),
+    )
+
+
+def _outliers_alone(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every outlier (``-1``) given a cluster id of its own."""
+    out = labels.astype(np.int64, copy=True)
+    outliers = np.flatnonzero(out < 0)
+    out[outliers] = max(int(out.max()), -1) + 1 + np.arange(outliers.size)
+    return out
+
+
+def _one_minus_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per sample, ``1 - |A ∩ B| / |A ∪ B|`` of its cluster ``A`` in ``a`` and ``B`` in ``b``
+    (labels >= 0), from counts: O(N log N), never N x N."""
+    _, pair, both = np.unique(a * (int(b.max()) + 1) + b, return_inverse=True, return_counts=True)
+    both = both[pair.ravel()]
+    either = np.bincount(a)[a] + np.bincount(b)[b] - both
+    return 1.0 - both / either
 
 
 def estimate_eps(jaccard: Any, rho: float = MMT_RHO) -> float:
@@ -219,9 +337,8 @@ def _upper_triangle_chunks(dist: sp.csr_matrix):
 
 
 def describe_distances(dist: sp.csr_matrix) -> str:
-    """A few quantiles of the stored distances between distinct samples (for messages that
-    help choose eps)."""
-    """Quantiles of the stored off-diagonal distances (of a strided sample if many)."""
+    """A few quantiles of the stored distances between distinct samples, of a strided sample
+    when there are many (for messages that help choose eps)."""
     positions = np.arange(0, dist.nnz, max(1, dist.nnz // _QUANTILE_SAMPLE))
     rows = np.searchsorted(dist.indptr, positions, side="right") - 1
     values = dist.data[positions][dist.indices[positions] != rows]

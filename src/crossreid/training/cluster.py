@@ -7,7 +7,9 @@ images) the stage
    optionally mirrored and with camera-wise BatchNorm), L2-normalised;
 2. computes the k-reciprocal Jaccard distance (:func:`~crossreid.evaluation.jaccard_distance`)
    and clusters it with DBSCAN (:func:`~crossreid.evaluation.cluster_pseudo_labels`);
-   outliers are dropped for the epoch;
+   outliers are dropped for the epoch, and with ``cluster_reliability`` also the clusters
+   and samples SpCL's criterion finds unreliable
+   (:func:`~crossreid.evaluation.reliable_pseudo_labels`);
 3. builds the centroid memory: one L2-normalised mean feature per cluster;
 
 and every step draws a PK batch over the pseudo-identities (each one's K images from as
@@ -48,6 +50,7 @@ from crossreid.evaluation.clustering import (
     cluster_pseudo_labels,
     describe_distances,
     estimate_eps,
+    reliable_pseudo_labels,
 )
 from crossreid.evaluation.jaccard import jaccard_distance
 from crossreid.inference import extract_features
@@ -132,6 +135,8 @@ class ClusterMethod:
         self.memory: torch.Tensor | None = None
         self.epoch_start = 0
         self.eps = float("nan")
+        # SpCL's independence threshold, set at the stage's first clustering (rank 0).
+        self.independence: float | None = None
         self._stream = None
         # Source classification kept during the stage (w_cls > 0): a PK batch of labelled
         # source images per step, in the target's colours with target_style_prob, through
@@ -229,6 +234,14 @@ class ClusterMethod:
         distance = jaccard_distance(features, k1=c.cluster_k1, k2=c.cluster_k2)
         eps = c.cluster_eps if c.cluster_eps is not None else estimate_eps(distance)
         pseudo = cluster_pseudo_labels(distance, eps, c.cluster_min_samples)
+        unreliable = None
+        if c.cluster_reliability is not None:
+            reliable = reliable_pseudo_labels(
+                distance, pseudo, eps, c.cluster_min_samples, c.cluster_reliability,
+                self.independence,
+            )  # fmt: skip
+            pseudo, unreliable = reliable.pseudo, reliable.unreliable
+            self.independence = reliable.independence_threshold
         self._check_enough(pseudo, distance, eps)
         index = {path: i for i, path in enumerate(r.path for r in self.records)}
         labels = np.full(len(self.records), -1, dtype=np.int64)
@@ -238,7 +251,7 @@ class ClusterMethod:
         centroids.index_add_(
             0, torch.from_numpy(pseudo.labels[kept]), torch.from_numpy(features[kept])
         )
-        self._log(state, pseudo, eps)
+        self._log(state, pseudo, eps, unreliable)
         return labels, F.normalize(centroids, dim=1), eps
 
     def _check_enough(self, pseudo: PseudoLabels, distance, eps: float) -> None:
@@ -257,18 +270,21 @@ class ClusterMethod:
                 f"({describe_distances(distance)})"
             )
 
-    def _log(self, state: Any, pseudo: PseudoLabels, eps: float) -> None:
+    def _log(self, state: Any, pseudo: PseudoLabels, eps: float, unreliable: int | None) -> None:
         values = {
             "clusters": pseudo.num_clusters,
             "outliers": pseudo.num_outliers,
             "largest": pseudo.largest,
             "eps": eps,
         }
+        if unreliable is not None:  # counted in the outliers too
+            values["unreliable"] = unreliable
         state.run_logger.scalars(state.step, values, prefix="cluster/")
         state.run_logger.record(state.step, "cluster", values)
         message = (
             f"step {state.step}: {pseudo.num_clusters} clusters, {pseudo.num_outliers} "
-            f"outliers, largest {pseudo.largest} (eps {eps:.3f})"
+            f"outliers{'' if unreliable is None else f' ({unreliable} unreliable)'}, "
+            f"largest {pseudo.largest} (eps {eps:.3f})"
         )
         if state.bar is not None:
             state.bar.write(message)
@@ -340,6 +356,7 @@ class ClusterMethod:
             "memory": self.memory.detach().cpu(),
             "epoch_start": int(self.epoch_start),
             "eps": float(self.eps),
+            **({} if self.independence is None else {"independence": self.independence}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -349,3 +366,4 @@ class ClusterMethod:
         self.memory = state["memory"].to(self.device)
         self.epoch_start = int(state["epoch_start"])
         self.eps = float(state["eps"])
+        self.independence = state.get("independence")

@@ -223,6 +223,13 @@ class TrainConfig:
         "cameras as it has",
         "cluster",
     )
+    cluster_reliability: float | None = _f(
+        None,
+        "SpCL's reliability criterion: cluster again at eps -/+ this radius change (0.02 in "
+        "SpCL) and train only on the clusters that stay apart and, in each, the samples that "
+        "stay together (default: off, every DBSCAN cluster)",
+        "cluster",
+    )
     memory_momentum: float = _f(0.1, "momentum of the centroid memory update", "cluster")
     memory_temperature: float = _f(0.05, "temperature of the centroid cross-entropy", "cluster")
     # -- evaluation and logging ------------------------------------------------------------
@@ -418,6 +425,13 @@ class TrainConfig:
             raise ConfigError(f"cluster_every must be >= 1, got {self.cluster_every}")
         if self.cluster_eps is not None and not 0 < self.cluster_eps < 1:
             raise ConfigError(f"cluster_eps must be in (0, 1), got {self.cluster_eps}")
+        if self.cluster_reliability is not None:
+            delta, eps = self.cluster_reliability, self.cluster_eps
+            if not 0 < delta < 0.5 or (eps is not None and not 0 < eps - delta < eps + delta < 1):
+                raise ConfigError(
+                    f"cluster_reliability must be in (0, 0.5) with cluster_eps -/+ it in (0, 1), "
+                    f"got {delta} (cluster_eps {eps})"
+                )
         if not 0 <= self.memory_momentum < 1:
             raise ConfigError(f"memory_momentum must be in [0, 1), got {self.memory_momentum}")
         if not (self.memory_temperature > 0 and math.isfinite(self.memory_temperature)):
