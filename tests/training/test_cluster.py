@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from crossreid.errors import ClusteringError, ConfigError
+from crossreid.evaluation.clustering import PseudoLabels, Reliability
 from crossreid.training import cluster as cluster_module
 from crossreid.training import data as training_data
 from crossreid.training.cluster import cluster_contrast_loss, update_memory
@@ -189,6 +191,25 @@ def test_a_clustering_without_enough_clusters_stops_with_one_line(tmp_path, tiny
         stage = _stage(
             tiny_config, tmp_path / "s", arn_run, cluster_eps=0.01, cluster_min_samples=4
         )
+        train(stage, progress=False)
+
+
+def test_too_few_reliable_clusters_stop_with_one_line_naming_the_criterion(
+    tmp_path, tiny_config, arn_run, monkeypatch
+):
+    def one_cluster(distance, pseudo, *args):
+        labels = np.where(pseudo.labels == 0, 0, -1)
+        kept = PseudoLabels(labels, 1, int((labels < 0).sum()), int((labels == 0).sum()))
+        return Reliability(kept, int((pseudo.labels > 0).sum()), 0.5)
+
+    monkeypatch.setattr(cluster_module, "reliable_pseudo_labels", one_cluster)
+    stage = _stage(tiny_config, tmp_path / "s", arn_run, cluster_reliability=0.02)
+    message = (
+        r"^DBSCAN and the reliability criterion \(eps 0\.600\) left 1 clusters \(\d+ outliers, "
+        r"\d+ of them dropped as unreliable, largest \d+\), fewer than the 2 pseudo-identities "
+        r".*a smaller cluster_reliability or a smaller batch \(stored distances"
+    )
+    with pytest.raises(ClusteringError, match=message):
         train(stage, progress=False)
 
 

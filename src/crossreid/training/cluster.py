@@ -242,7 +242,7 @@ class ClusterMethod:
             )  # fmt: skip
             pseudo, unreliable = reliable.pseudo, reliable.unreliable
             self.independence = reliable.independence_threshold
-        self._check_enough(pseudo, distance, eps)
+        self._check_enough(pseudo, distance, eps, unreliable)
         index = {path: i for i, path in enumerate(r.path for r in self.records)}
         labels = np.full(len(self.records), -1, dtype=np.int64)
         labels[[index[p] for p in extracted.paths]] = pseudo.labels
@@ -254,7 +254,9 @@ class ClusterMethod:
         self._log(state, pseudo, eps, unreliable)
         return labels, F.normalize(centroids, dim=1), eps
 
-    def _check_enough(self, pseudo: PseudoLabels, distance, eps: float) -> None:
+    def _check_enough(
+        self, pseudo: PseudoLabels, distance, eps: float, unreliable: int | None
+    ) -> None:
         # Each rank's P x K batch has its own P pseudo-identities.
         per_rank = self.config.batch_size // self.config.num_instances
         identities = per_rank * self.dist.world_size
@@ -262,12 +264,15 @@ class ClusterMethod:
             ranks = (
                 f" ({per_rank} per rank x {self.dist.world_size})" if identities > per_rank else ""
             )
+            found = "DBSCAN" if unreliable is None else "DBSCAN and the reliability criterion"
+            dropped = "" if unreliable is None else f", {unreliable} of them dropped as unreliable"
+            remedy = "" if unreliable is None else ", a smaller cluster_reliability"
             raise ClusteringError(
-                f"DBSCAN (eps {eps:.3f}) found {pseudo.num_clusters} clusters "
-                f"({pseudo.num_outliers} outliers, largest {pseudo.largest}), fewer than the "
-                f"{identities} pseudo-identities a batch needs{ranks}; set cluster_eps (larger when "
-                "most images are outliers, smaller when clusters merge) or a smaller batch "
-                f"({describe_distances(distance)})"
+                f"{found} (eps {eps:.3f}) left {pseudo.num_clusters} clusters "
+                f"({pseudo.num_outliers} outliers{dropped}, largest {pseudo.largest}), fewer than "
+                f"the {identities} pseudo-identities a batch needs{ranks}; set cluster_eps (larger "
+                f"when most images are outliers, smaller when clusters merge){remedy} or a smaller "
+                f"batch ({describe_distances(distance)})"
             )
 
     def _log(self, state: Any, pseudo: PseudoLabels, eps: float, unreliable: int | None) -> None:
