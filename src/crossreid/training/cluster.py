@@ -183,7 +183,7 @@ class ClusterMethod:
                 outcome = self._cluster(state)
             except BaseException as error:
                 # The other ranks stop too, with the same message, instead of waiting.
-                self._broadcast(None, f"rank 0: {error}")
+                self._broadcast(None, f"rank 0: {str(error) or type(error).__name__}")
                 raise
         labels, memory, eps = self._broadcast(outcome)
         self.labels, self.memory, self.eps = labels, memory.to(self.device), eps
