@@ -219,7 +219,7 @@ def _outliers_alone(labels: np.ndarray) -> np.ndarray:
     """``labels`` with every outlier (``-1``) given a cluster id of its own."""
     out = labels.astype(np.int64, copy=True)
     outliers = np.flatnonzero(out < 0)
-    out[outliers] = max(int(out.max()), -1) + 1 + np.arange(outliers.size)
+    out[outliers] = int(out.max()) + 1 + np.arange(outliers.size)  # labels are >= -1
     return out
 
 
