@@ -35,6 +35,38 @@ def test_memory_moves_each_centroid_towards_its_samples_in_order():
     assert torch.equal(memory[1], torch.tensor([0.0, 1.0]))  # untouched
 
 
+class _TinyEncoder(torch.nn.Module):
+    """encode_identity / classify as the stage calls them: BatchNorm over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(3)
+        self.head = torch.nn.Linear(3, 2)
+
+    def encode_identity(self, images):
+        vectors = self.norm(images.flatten(1))
+        return None, vectors
+
+    def classify(self, vectors):
+        return self.head(vectors)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_split_batchnorm_normalises_each_domain_by_its_own_statistics(split):
+    target = torch.tensor([[1.0, 2, 3], [3, 2, 1]])
+    source = torch.tensor([[10.0, 0, 5], [20, 4, 5], [30, 8, 5]])
+    forward = cluster_module._StageForward(_TinyEncoder().train(), classify=True, split=split)
+    vectors, logits = forward(torch.cat((target, source)), count=2)
+    assert vectors.shape == (5, 3) and logits.shape == (3, 2)
+    # Per domain, BatchNorm of two target rows gives +-1 where they differ and 0 where not.
+    alone = torch.tensor([[-1.0, 0, 1], [1, 0, -1]])
+    assert torch.allclose(vectors[:2], alone, atol=1e-3) == split
+    if split:  # the source rows, normalised among themselves: [-1.22, 0, 1.22] per column
+        expected = torch.tensor([-1.0, 0, 1]) * math.sqrt(1.5)
+        assert torch.allclose(vectors[2:, 0], expected, atol=1e-3)
+        assert torch.allclose(vectors[2:, 2], torch.zeros(3), atol=1e-3)
+
+
 @pytest.fixture
 def arn_run(tmp_path, tiny_config):
     # In the test's own folder: deleted when the test passes (a checkpoint is ~180 MB).
@@ -81,6 +113,15 @@ def test_stage_without_source_classification_trains_on_the_clusters_only(
     assert set(result.history[0]) == {"total", "ccl"}
     assert all(h["total"] == pytest.approx(h["ccl"], rel=1e-6) for h in result.history)
     assert not any(p.requires_grad for p in result.model.classifier.parameters())
+
+
+def test_stage_with_split_batchnorm_trains_differently(tmp_path, tiny_config, arn_run):
+    mixed = train(_stage(tiny_config, tmp_path / "a", arn_run, max_steps=2), progress=False)
+    split = _stage(tiny_config, tmp_path / "b", arn_run, max_steps=2, cluster_split_bn=True)
+    separate = train(split, progress=False)
+    assert set(separate.history[0]) == {"total", "ccl", "cls"}
+    # The first clustering is the same (the same model extracts); the losses are not.
+    assert separate.history[0]["total"] != mixed.history[0]["total"]
 
 
 def test_stage_resumes_mid_epoch_exactly(tmp_path, tiny_config, arn_run):
@@ -223,6 +264,7 @@ def test_too_few_reliable_clusters_stop_with_one_line_naming_the_criterion(
         ({"w_ccl": 0.0, "w_cls": 0.0}, "w_cls, w_ccl are all 0"),
         ({"w_ccl": 0.0}, "method cluster needs w_ccl > 0"),
         ({"cluster_reliability": 0.0}, "cluster_reliability must be in"),
+        ({"cluster_split_bn": True, "w_cls": 0.0}, "with w_cls 0 the stage has no source"),
         ({"cluster_reliability": 0.1, "cluster_eps": 0.05}, r"cluster_eps -/\+ it in \(0, 1\)"),
     ],
 )

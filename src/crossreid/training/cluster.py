@@ -16,7 +16,10 @@ and every step draws a PK batch over the pseudo-identities (each one's K images 
 many of its cameras as it has with ``cluster_camera_aware``) and minimises the cross-entropy
 of its identity vectors against the memory at temperature ``memory_temperature`` (the
 cluster-contrast loss of Dai et al., 2021), then moves each sample's centroid towards it
-(``m ← momentum·m + (1 − momentum)·f``, renormalised).
+(``m ← momentum·m + (1 − momentum)·f``, renormalised). With the source classification kept
+(``w_cls > 0``) a labelled source batch goes with each step, through the same identity
+encoder: with the target images (one batch for BatchNorm), or apart from them with
+``cluster_split_bn``.
 
 Target identity labels are never read: records keep only their path and camera. The
 checkpoint holds the current pseudo-labels and memory, so a run resumed mid-epoch continues
@@ -88,14 +91,25 @@ def update_memory(
 class _StageForward(nn.Module):
     """The stage's forward as one module, so DistributedDataParallel can wrap it: the
     identity vectors of a batch and, with the source classification, the logits of its
-    last rows (the source images after the first ``count``)."""
+    last rows (the source images after the first ``count``).
 
-    def __init__(self, model: nn.Module, classify: bool) -> None:
+    With ``split`` the first ``count`` rows (the target images) and the others (the source
+    images) go through the encoder separately, so in training mode BatchNorm normalises
+    each domain by its own batch statistics, as camera-wise BatchNorm does for each target
+    camera when the stage clusters and when the model is evaluated.
+    """
+
+    def __init__(self, model: nn.Module, classify: bool, split: bool = False) -> None:
         super().__init__()
-        self.model, self.classify = model, classify
+        self.model, self.classify, self.split = model, classify, split
 
     def forward(self, images: torch.Tensor, count: int) -> tuple[torch.Tensor, Any]:
-        _, vectors = self.model.encode_identity(images)
+        if self.split and 0 < count < images.shape[0]:
+            _, target = self.model.encode_identity(images[:count])
+            _, source = self.model.encode_identity(images[count:])
+            vectors = torch.cat((target, source))
+        else:
+            _, vectors = self.model.encode_identity(images)
         logits = self.model.classify(vectors[count:]) if self.classify else None
         return vectors, logits
 
@@ -161,7 +175,9 @@ class ClusterMethod:
             scaler,
         )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.forward_module: nn.Module = _StageForward(self.model, self.use_source)
+        self.forward_module: nn.Module = _StageForward(
+            self.model, self.use_source, split=config.cluster_split_bn
+        )
         if self.dist.is_distributed:
             self.forward_module = nn.parallel.DistributedDataParallel(
                 self.forward_module,

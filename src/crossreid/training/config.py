@@ -223,6 +223,13 @@ class TrainConfig:
         "cameras as it has",
         "cluster",
     )
+    cluster_split_bn: bool = _f(
+        False,
+        "with the source classification kept (w_cls > 0), each step's target and source "
+        "images pass the identity encoder separately, so BatchNorm normalises each domain "
+        "with its own batch statistics (default: one mixed batch)",
+        "cluster",
+    )
     cluster_reliability: float | None = _f(
         None,
         "SpCL's reliability criterion: cluster again at eps -/+ this radius change (0.02 in "
@@ -425,6 +432,11 @@ class TrainConfig:
             raise ConfigError(f"cluster_every must be >= 1, got {self.cluster_every}")
         if self.cluster_eps is not None and not 0 < self.cluster_eps < 1:
             raise ConfigError(f"cluster_eps must be in (0, 1), got {self.cluster_eps}")
+        if self.cluster_split_bn and not self.w_cls > 0:
+            raise ConfigError(
+                "cluster_split_bn separates the target and source images of a step, and with "
+                "w_cls 0 the stage has no source images: set w_cls > 0 or drop the option"
+            )
         if self.cluster_reliability is not None:
             delta, eps = self.cluster_reliability, self.cluster_eps
             if not 0 < delta < 0.5 or (eps is not None and not 0 < eps - delta < eps + delta < 1):
