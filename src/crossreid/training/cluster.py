@@ -95,8 +95,8 @@ class _StageForward(nn.Module):
 
     With ``split`` the first ``count`` rows (the target images) and the others (the source
     images) go through the encoder separately, so in training mode BatchNorm normalises
-    each domain by its own batch statistics, as camera-wise BatchNorm does for each target
-    camera when the stage clusters and when the model is evaluated.
+    each domain by its own batch statistics (as camera-wise BatchNorm, when on, does for
+    each target camera when the stage clusters and when the model is evaluated).
     """
 
     def __init__(self, model: nn.Module, classify: bool, split: bool = False) -> None:
