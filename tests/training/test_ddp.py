@@ -110,9 +110,7 @@ def arn_run(tmp_path):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 @pytest.mark.parametrize("split_bn", [False, True])
-def test_the_pseudo_label_stage_on_two_processes_keeps_ranks_identical(
-    tmp_path, arn_run, split_bn
-):
+def test_the_pseudo_label_stage_on_two_processes_keeps_ranks_identical(tmp_path, arn_run, split_bn):
     # With split_bn the target and source images go through the DDP-wrapped forward as two
     # encoder passes: BatchNorm's running statistics must still agree across ranks.
     config = _stage_config(tmp_path / "stage", arn_run, cluster_split_bn=split_bn)
