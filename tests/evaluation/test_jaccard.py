@@ -218,6 +218,24 @@ def test_sparse_layout():
     assert 200 < result.nnz < 200 * 200  # neither only the diagonal nor everything
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("budget", [1, 700, 5_000])
+def test_min_sum_blocks_and_threads_give_the_same_matrix(threads, budget):
+    # Small pair budgets cut the rows into many blocks, written a round of `threads` at a
+    # time at offsets with room to spare, then moved left over the unused room.
+    features = clustered_features(180, 24, seed=8, spread=0.35)
+    expected = jaccard_distance(features, k1=12, k2=4)
+    with (
+        mock.patch.object(jaccard_module, "_PAIR_BUDGET", budget),
+        mock.patch.object(jaccard_module, "_threads", lambda: threads),
+    ):
+        result = jaccard_distance(features, k1=12, k2=4)
+    assert result.nnz == expected.nnz > 180
+    np.testing.assert_array_equal(result.indptr, expected.indptr)
+    np.testing.assert_array_equal(result.indices, expected.indices)
+    np.testing.assert_array_equal(result.data, expected.data)
+
+
 def test_permuting_samples_permutes_distances():
     features = clustered_features(150, 16, seed=6)
     order = np.random.default_rng(1).permutation(150)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crossreid.evaluation import kreciprocal
 from crossreid.evaluation.kreciprocal import (
     MinSumIndex,
     encode,
@@ -46,6 +48,30 @@ def test_expansion_needs_strictly_more_than_two_thirds():
     half = np.array([[0, -1, -1], [1, 0, 5]] + [[i, -1, -1] for i in range(2, 6)])
     rows, cols = expansion_pairs(reciprocal, half)
     np.testing.assert_array_equal(cols[rows == 0], [0, 1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), k=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_expansion_matches_the_rule_on_random_tables(n, k, seed):
+    # Any k-nearest table (self first), blocks of 3 items done two at a time in threads.
+    rng = np.random.default_rng(seed)
+    k = min(k, n)
+    ranks = np.array([[i, *rng.permutation(np.delete(np.arange(n), i))[: k - 1]] for i in range(n)])
+    own, half = reciprocal_table(ranks), reciprocal_table(ranks[:, : max(1, k // 2)])
+    expected_rows, expected_cols = [], []
+    for item in range(n):
+        members = {int(x) for x in own[item] if x >= 0}
+        merged = set(members)
+        for neighbour in members:
+            candidates = {int(x) for x in half[neighbour] if x >= 0}
+            if len(candidates & members) > 2 / 3 * len(candidates):
+                merged |= candidates
+        expected_rows += [item] * len(merged)
+        expected_cols += sorted(merged)
+    with mock.patch.object(kreciprocal, "_EXPANSION_ROWS", 3):
+        rows, cols = expansion_pairs(own, half, threads=2)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(cols, expected_cols)
 
 
 def test_encode_is_a_softmax_of_negated_distances_over_the_expanded_set():

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import mmap
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -39,9 +40,9 @@ import scipy.sparse as sp
 from crossreid.errors import ClusteringError
 from crossreid.evaluation.kreciprocal import (
     MinSumIndex,
+    _kernels,
     encode,
     expand_queries,
-    jaccard_from_min_sum,
     reciprocal_table,
 )
 from crossreid.utils.parallel import map_in_order, usable_cpus
@@ -55,18 +56,11 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # How far a squared row norm may be from 1 and still count as L2-normalised (float16
 # features normalised before the cast are well inside it; unnormalised ones are not).
 _NORM_TOLERANCE = 1e-2
-# Feature pairs gathered at once for the encoding weights: 4,096 pairs x 2 rows x 2048
-# x 4 bytes is 64 MiB at d = 2048, large enough to amortise NumPy call overhead.
-_PAIR_CHUNK = 4096
-# Pairs looked up among the k1 nearest at once ([pairs, k1] booleans: 2 MB at k1 = 30).
-_LOOKUP_CHUNK = 65_536
-# (row entry, column entry) pairs expanded at once in the min-sum step (~40 bytes each).
+# Pairs of an expanded set whose encoding weights one thread computes at once.
+_PAIR_CHUNK = 65_536
+# (row entry, column entry) pairs per block of rows of the min-sum step: about 900 rows
+# at N = 25,909, whose room in the output (at most one entry per pair) is 32 MB.
 _PAIR_BUDGET = 4_000_000
-# Cells of the dense [rows, N] min-sum block (float64 while summing: 8 MiB), so a block
-# is about 32 rows at N = 32,621. Blocks of 1 << 22 cells (32 MiB) were 11% slower in the
-# min-sum step (median of four interleaved runs at N = 25,909, 2 threads: 3.28 s against
-# 2.91 s): the scattered sums of a smaller block stay in the cache.
-_CELL_BUDGET = 1 << 20
 # Rows per block and columns per panel of the CPU neighbour search: a [2,048, 8,192]
 # float32 product is 64 MiB, large enough for the BLAS to run near its peak rate, and
 # 2,048-row diagonal blocks, multiplied whole, add 2,048 / N to the N^2 / 2 products
@@ -78,7 +72,7 @@ _SEARCH_COLUMNS = 8192
 _SEED_COLUMNS = 1024
 # Cells of a similarity block compared with the thresholds at once (a 4 MiB mask).
 _SCREEN_CELLS = 1 << 22
-# Min-sum blocks computed at once in threads (each holds about _PAIR_BUDGET pairs' arrays).
+# Threads for the encoding and the min-sum blocks (the work is memory-bound beyond a few).
 _MAX_THREADS = 4
 # faiss' GPU k-selection handles at most this many neighbours.
 _GPU_MAX_K = 2048
@@ -368,25 +362,21 @@ def _pair_distance(
     unit vectors) as float32, the quantity the original's encoding weights use.
 
     Most pairs of an expanded set (about three in four at k1 = 30) are among the row's
-    k1 nearest, whose similarity the search already gave; only the others gather the two
-    feature rows, which at d = 2048 is the slow part (16 KB per pair).
+    k1 nearest, whose similarity the search already gave; only the others read the two
+    feature rows, which at d = 2048 is the slow part (16 KB per pair). The pairs are done
+    in chunks side by side in threads (:func:`crossreid.evaluation._loops.pair_dots`).
     """
 
     def distance(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         dot = np.empty(rows.size, dtype=np.float32)
+        pair_dots = _kernels().pair_dots
 
         def chunk(start: int) -> None:  # fills its own slice of `dot`
-            row, col = rows[start : start + _LOOKUP_CHUNK], cols[start : start + _LOOKUP_CHUNK]
-            match = ranks[row] == col[:, None]  # [pairs, k1]
-            position = match.argmax(axis=1)
-            part = similarity[row, position]
-            missing = np.flatnonzero(~match[np.arange(row.size), position])
-            for first in range(0, missing.size, _PAIR_CHUNK):
-                gather = missing[first : first + _PAIR_CHUNK]
-                part[gather] = np.einsum("ij,ij->i", features[row[gather]], features[col[gather]])
-            dot[start : start + _LOOKUP_CHUNK] = part
+            stop = start + _PAIR_CHUNK
+            pair_dots(features, ranks, similarity, rows[start:stop], cols[start:stop],
+                      dot[start:stop])  # fmt: skip
 
-        for _ in map_in_order(chunk, range(0, rows.size, _LOOKUP_CHUNK), _threads()):
+        for _ in map_in_order(chunk, range(0, rows.size, _PAIR_CHUNK), _threads()):
             pass
         return np.float32(2) - np.float32(2) * dot
 
@@ -396,52 +386,61 @@ def _pair_distance(
 def _sparse_jaccard(V: sp.csr_matrix) -> sp.csr_matrix:
     """``1 - m / (2 - m)`` for every pair with ``m = sum_k min(V_ik, V_jk) > 0``, as CSR.
 
-    Rows are done in blocks whose dense ``[rows, N]`` min-sum stays within
-    ``_CELL_BUDGET`` cells; only the entries below 1 are kept from each. The output
-    arrays are allocated at an upper bound on their size (one entry per pair a row
-    generates, at most N) and shrunk in place at the end: pages never written are never
-    committed, so memory follows the entries actually stored, with no final copy.
-
-    Blocks are computed ``_threads()`` at a time in threads (NumPy releases the GIL in
-    the gathers, minima and sums: 1.7x on 2 cores at N = 25,909) and copied out in order,
-    so the result does not depend on the thread count.
+    The rows are cut into blocks of about ``_PAIR_BUDGET`` pairs, computed ``_threads()``
+    at a time in threads (the compiled loops release the GIL), each writing straight into
+    the output arrays at its own offset; the gaps left by pairs that gave no entry are
+    closed after each round. The output arrays are reserved at an upper bound on their
+    size (one entry per pair a row generates, at most N; :func:`_small_page_array`):
+    pages never written are never committed, so memory follows the entries actually
+    stored, with no final copy. The result does not depend on the thread count.
     """
     n = V.shape[0]
     index = MinSumIndex(V, V)
-    capacity = int(np.minimum(index.pairs_per_row(), n).sum())
+    room = np.minimum(index.pairs_per_row(), n)
+    capacity = int(room.sum())
     index_dtype = np.int32 if max(n, capacity) < 2**31 else np.int64
-    indices = np.empty(capacity, dtype=index_dtype)
-    data = np.empty(capacity, dtype=np.float32)
+    indices = _small_page_array(capacity, index_dtype)
+    data = _small_page_array(capacity, np.float32)
     row_counts = np.zeros(n, dtype=np.int64)
+    blocks = list(index.row_blocks(_PAIR_BUDGET, max_rows=n))
+    threads = _threads()
     filled = 0
-    blocks = list(index.row_blocks(_PAIR_BUDGET, max_rows=max(1, _CELL_BUDGET // n)))
+    for first in range(0, len(blocks), threads):
+        round_ = blocks[first : first + threads]
+        offsets = filled + np.cumsum([0] + [int(room[a:b].sum()) for a, b in round_[:-1]])
 
-    def distances(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        start, stop = block
-        sums = index.block_sums(start, stop)
-        flat = np.flatnonzero(sums > 0)
-        distance = jaccard_from_min_sum(sums[flat].astype(np.float32))
-        del sums
-        # Rounding can push a self-distance just below zero; the original clips it.
-        np.maximum(distance, 0, out=distance)
-        below_one = distance < 1
-        local_rows, cols = np.divmod(flat[below_one], n)
-        return cols, distance[below_one], np.bincount(local_rows, minlength=stop - start)
+        def rows(job: tuple[tuple[int, int], int]) -> int:
+            (start, stop), offset = job
+            return index.jaccard_rows(
+                start, stop, indices[offset:], data[offset:], row_counts[start:stop]
+            )
 
-    # At most `threads` blocks in flight, so memory stays that many blocks' worth.
-    for (start, stop), (cols, values, counts) in zip(
-        blocks, map_in_order(distances, blocks, _threads()), strict=True
-    ):
-        stored = cols.size
-        indices[filled : filled + stored] = cols
-        data[filled : filled + stored] = values
-        row_counts[start:stop] = counts
-        filled += stored
-    indices.resize(filled, refcheck=False)
-    data.resize(filled, refcheck=False)
+        written = map_in_order(rows, list(zip(round_, offsets.tolist(), strict=True)), threads)
+        for offset, count in zip(offsets.tolist(), written, strict=True):
+            if offset != filled:  # move left over the previous block's unused room
+                indices[filled : filled + count] = indices[offset : offset + count]
+                data[filled : filled + count] = data[offset : offset + count]
+            filled += count
     indptr = np.zeros(n + 1, dtype=index_dtype)
     np.cumsum(row_counts, out=indptr[1:])
-    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    return sp.csr_matrix((data[:filled], indices[:filled], indptr), shape=(n, n))
+
+
+def _small_page_array(count: int, dtype: Any) -> np.ndarray:
+    """A writable 1-D array of ``count`` items in fresh anonymous memory, in 4 KiB pages.
+
+    The output arrays are written once, front to back, and the part past the entries
+    stored is never touched, so it is never committed (the matrix keeps views of the
+    written part). NumPy asks for transparent huge pages on large arrays; where the kernel
+    then compacts memory on each fault (``defrag`` ``madvise``, a common default), filling
+    a fresh 670 MB output took 1.7-2.0 s against 0.8 s in small pages (the min-sum step at
+    N = 25,909, in a fresh process).
+    """
+    dtype = np.dtype(dtype)
+    buffer = mmap.mmap(-1, max(1, count * dtype.itemsize))
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buffer.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buffer, dtype=dtype, count=count)
 
 
 def _threads() -> int:

@@ -20,6 +20,7 @@ query expansion), so nothing here is ever N x N dense.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,8 +39,9 @@ __all__ = [
 # Rows of the reciprocal test done at once: the [rows, width, width] index array is
 # 4096 x 31 x 31 x 8 bytes, about 30 MB at k1 = 30.
 _RECIPROCAL_ROWS = 4096
-# Elements of the 4-D membership test in `encode` done at once (bytes, booleans).
-_EXPANSION_BUDGET = 2_000_000
+# Items whose expanded sets one thread lists at once (their room: 1,024 x 510 pairs at
+# k1 = 30, 8 MB in all).
+_EXPANSION_ROWS = 1024
 
 
 def reciprocal_table(ranks: np.ndarray) -> np.ndarray:
@@ -79,27 +81,19 @@ def expansion_pairs(
     the columns come out ascending.
     """
     n, own_width = reciprocal.shape
-    half_width = reciprocal_half.shape[1]
-    step = max(1, _EXPANSION_BUDGET // max(1, own_width**2 * half_width))
+    room = own_width + own_width * reciprocal_half.shape[1]  # pairs an item can have
+    reciprocal = np.ascontiguousarray(reciprocal, dtype=np.int64)
+    reciprocal_half = np.ascontiguousarray(reciprocal_half, dtype=np.int64)
+    expand = _kernels().expansion_pairs
 
     def block(start: int) -> tuple[np.ndarray, np.ndarray]:
-        stop = min(start + step, n)
-        own = reciprocal[start:stop]  # [b, w1]
-        candidate_sets = reciprocal_half[np.maximum(own, 0)]  # [b, w1, w2]
-        valid = (own >= 0)[:, :, None] & (candidate_sets >= 0)
-        in_own = (candidate_sets[..., None] == own[:, None, None, :]).any(axis=3) & valid
-        shared = in_own.sum(axis=2)
-        size = valid.sum(axis=2)
-        accepted = (own >= 0) & (shared > 2.0 / 3 * size)
-        merged = np.where(accepted[:, :, None] & valid, candidate_sets, -1)
-        members = np.concatenate([own, merged.reshape(stop - start, -1)], axis=1)
-        members.sort(axis=1)
-        keep = members >= 0
-        keep[:, 1:] &= members[:, 1:] != members[:, :-1]
-        local_rows, positions = np.nonzero(keep)
-        return local_rows + start, members[local_rows, positions]
+        stop = min(start + _EXPANSION_ROWS, n)
+        rows = np.empty((stop - start) * room, dtype=np.int64)
+        cols = np.empty_like(rows)
+        written = expand(reciprocal, reciprocal_half, start, stop, rows, cols)
+        return rows[:written].copy(), cols[:written].copy()
 
-    parts = list(map_in_order(block, range(0, n, step), threads))
+    parts = list(map_in_order(block, range(0, n, _EXPANSION_ROWS), threads))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -176,15 +170,18 @@ class MinSumIndex:
 
     A term is nonzero only where row ``i`` of ``A`` and row ``j`` of ``B`` both have
     column ``k``; those pairs are enumerated through a column-major copy of ``B`` (the
-    inverted index) and accumulated with ``bincount``, so the work is the number of such
-    pairs, not ``R x M x N``.
+    inverted index), so the work is the number of such pairs, not ``R x M x N``. Each
+    row's sums accumulate in float64 in the order of its entries (then of column ``k``'s
+    entries), and are rounded to float32 once.
+
+    The loops are compiled (:func:`_kernels`); they release the GIL, so blocks of rows can
+    be computed side by side in threads.
     """
 
     def __init__(self, rows: sp.csr_matrix, others: sp.csr_matrix) -> None:
-        self.rows = rows.tocsr()
-        self.by_column = others.tocsc()
+        self.rows = _canonical(rows.tocsr())
+        self.by_column = _canonical(others.tocsc())
         self.num_others = others.shape[0]
-        self._column_start = self.by_column.indptr[:-1]
         self._column_count = np.diff(self.by_column.indptr)
 
     def pairs_per_row(self) -> np.ndarray:
@@ -211,30 +208,49 @@ class MinSumIndex:
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """Min-sums of rows ``[start, stop)`` of ``A`` with all of ``B``: ``[stop - start, M]``
-        float32 (summed in float64, then rounded)."""
-        sums = self.block_sums(start, stop)
-        return sums.astype(np.float32).reshape(stop - start, self.num_others)
+        float32."""
+        out = np.zeros((stop - start, self.num_others), dtype=np.float32)
+        _kernels().dense_min_sums(start, stop, *self._arrays(), out)
+        return out
 
-    def block_sums(self, start: int, stop: int) -> np.ndarray:
-        """The same min-sums before rounding: float64, flat, ``[(stop - start) * M]``
-        (entry ``r * M + j`` for row ``start + r`` of ``A`` and row ``j`` of ``B``)."""
-        rows, by_column = self.rows, self.by_column
-        width = self.num_others
-        lo, hi = rows.indptr[start], rows.indptr[stop]
-        columns = rows.indices[lo:hi]
-        repeats = self._column_count[columns]
-        total = int(repeats.sum())
-        # Each entry (i, k, v) of A pairs with every entry (j, k, w) in column k of B; those
-        # sit at CSC positions column_start[k], column_start[k] + 1, ... . With the pairs of
-        # all entries laid end to end, pair p of entry e is at column_start[k_e] + p - first_e.
-        first_pair = np.cumsum(repeats) - repeats
-        positions = np.repeat(self._column_start[columns] - first_pair, repeats)
-        positions += np.arange(total)
-        row_offset = np.repeat(
-            np.arange(stop - start, dtype=np.int64) * width, np.diff(rows.indptr[start : stop + 1])
+    def jaccard_rows(
+        self, start: int, stop: int, indices: np.ndarray, values: np.ndarray, counts: np.ndarray
+    ) -> int:
+        """The Jaccard distances ``1 - m / (2 - m)`` below 1 of rows ``[start, stop)`` of
+        ``A`` with all of ``B``, written row after row, columns ascending, into
+        ``indices`` and ``values`` (from their first element; room for
+        :meth:`pairs_per_row`'s count, at most ``M``, per row), and each row's count into
+        ``counts`` ``[stop - start]``. Returns the entries written.
+
+        ``m`` is rounded to float32 first and the distance computed in float32 in the
+        original's order (as :func:`jaccard_from_min_sum`), so a self-distance can round
+        just below zero: it is clipped to 0, as the original clips it.
+        """
+        return int(
+            _kernels().sparse_jaccard(
+                start, stop, *self._arrays(), self.num_others, indices, values, counts
+            )
         )
-        target = np.repeat(row_offset, repeats)
-        target += by_column.indices[positions]
-        contribution = np.repeat(rows.data[lo:hi], repeats)
-        np.minimum(contribution, by_column.data[positions], out=contribution)
-        return np.bincount(target, weights=contribution, minlength=(stop - start) * width)
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        rows, by_column = self.rows, self.by_column
+        return (
+            rows.indptr, rows.indices, rows.data,
+            by_column.indptr, by_column.indices, by_column.data,
+        )  # fmt: skip
+
+
+def _canonical(matrix: sp.csr_matrix | sp.csc_matrix) -> sp.csr_matrix | sp.csc_matrix:
+    """``matrix`` with int64 index arrays and float32 values (one compiled signature)."""
+    matrix.indptr = matrix.indptr.astype(np.int64, copy=False)
+    matrix.indices = matrix.indices.astype(np.int64, copy=False)
+    matrix.data = matrix.data.astype(np.float32, copy=False)
+    return matrix
+
+
+def _kernels() -> ModuleType:
+    """The compiled loops (:mod:`crossreid.evaluation._loops`), imported on first use:
+    importing numba takes a few tenths of a second that most commands never need."""
+    from crossreid.evaluation import _loops
+
+    return _loops
