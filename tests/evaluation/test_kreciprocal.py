@@ -131,3 +131,22 @@ def test_min_sum_matches_dense_sum_of_minima(rows, others, columns, density, see
     assert all(stop == start for (_, stop), (start, _) in zip(blocks, blocks[1:], strict=False))
     result = np.concatenate([index.block(start, stop) for start, stop in blocks])
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_compiled_loops_work_without_a_cache_location():
+    # numba raises at decoration time when it finds no writable cache folder (a read-only
+    # install without a user cache directory): the loops then compile in each process.
+    from numba.core.dispatcher import Dispatcher
+
+    from crossreid.evaluation import _loops
+
+    def add_one(values):
+        return values + 1
+
+    def no_location(self):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    with mock.patch.object(Dispatcher, "enable_caching", no_location):
+        compiled = _loops._compile(add_one)
+    assert compiled._cache.__class__.__name__ == "NullCache"
+    np.testing.assert_array_equal(compiled(np.arange(3)), [1, 2, 3])
