@@ -65,31 +65,41 @@ def _accumulate_row(row, a_indptr, a_indices, a_data, b_indptr, b_indices, b_dat
 
 
 @numba.njit(inline="always")
-def _next_touched(word, bits):
-    """The lowest column in ``bits`` (the word ``word`` of the bitmap) and ``bits``
-    without it."""
-    lowest = bits & (~bits + np.uint64(1))
-    column = word * 64 + _LOWEST_BIT[(lowest * _DE_BRUIJN) >> np.uint64(58)]
-    return column, bits ^ lowest
+def _row_min_sums(
+    row, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, sums, touched, columns
+):  # fmt: skip
+    """Accumulate row ``row``'s min-sums into ``sums`` (zero beforehand) and list the
+    columns it touched, ascending, in ``columns``; returns their count and leaves the
+    bitmap ``touched`` cleared. The caller zeroes ``sums`` at those columns."""
+    _accumulate_row(row, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, sums, touched)
+    count = 0
+    for word in range(touched.size):
+        bits = touched[word]
+        touched[word] = 0
+        while bits:
+            lowest = bits & (~bits + np.uint64(1))
+            columns[count] = word * 64 + _LOWEST_BIT[(lowest * _DE_BRUIJN) >> np.uint64(58)]
+            count += 1
+            bits ^= lowest
+    return count
 
 
 @_compile
 def dense_min_sums(start, stop, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, out):
     """Rows ``[start, stop)`` of ``A``'s min-sums with every row of ``B`` into the zeroed
     float32 ``out`` ``[stop - start, M]``."""
-    sums = np.zeros(out.shape[1], dtype=np.float64)
-    touched = np.zeros((out.shape[1] + 63) // 64, dtype=np.uint64)
+    width = out.shape[1]
+    sums = np.zeros(width, dtype=np.float64)
+    touched = np.zeros((width + 63) // 64, dtype=np.uint64)
+    columns = np.empty(width, dtype=np.int64)
     for row in range(start, stop):
-        _accumulate_row(
-            row, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, sums, touched
+        count = _row_min_sums(
+            row, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, sums, touched, columns
         )
-        for word in range(touched.size):
-            bits = touched[word]
-            touched[word] = 0
-            while bits:
-                column, bits = _next_touched(word, bits)
-                out[row - start, column] = np.float32(sums[column])
-                sums[column] = 0.0
+        for position in range(count):
+            column = columns[position]
+            out[row - start, column] = np.float32(sums[column])
+            sums[column] = 0.0
 
 
 @_compile
@@ -102,28 +112,26 @@ def sparse_jaccard(
     ``counts``. Returns the total."""
     sums = np.zeros(width, dtype=np.float64)
     touched = np.zeros((width + 63) // 64, dtype=np.uint64)
+    columns = np.empty(width, dtype=np.int64)
     one, two, zero = np.float32(1), np.float32(2), np.float32(0)
     written = 0
     for row in range(start, stop):
         first = written
-        _accumulate_row(
-            row, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, sums, touched
+        count = _row_min_sums(
+            row, a_indptr, a_indices, a_data, b_indptr, b_indices, b_data, sums, touched, columns
         )
-        for word in range(touched.size):
-            bits = touched[word]
-            touched[word] = 0
-            while bits:
-                column, bits = _next_touched(word, bits)
-                total = sums[column]
-                sums[column] = 0.0
-                if total > 0:
-                    # The original's float32 operations: 1 - m / (2 - m), clipped at 0.
-                    m = np.float32(total)
-                    distance = one - m / (two - m)
-                    if distance < one:
-                        indices[written] = column
-                        values[written] = distance if distance > zero else zero
-                        written += 1
+        for position in range(count):
+            column = columns[position]
+            total = sums[column]
+            sums[column] = 0.0
+            if total > 0:
+                # The original's float32 operations: 1 - m / (2 - m), clipped at 0.
+                m = np.float32(total)
+                distance = one - m / (two - m)
+                if distance < one:
+                    indices[written] = column
+                    values[written] = distance if distance > zero else zero
+                    written += 1
         counts[row - start] = written - first
     return written
 
