@@ -150,3 +150,10 @@ def test_compiled_loops_work_without_a_cache_location():
         compiled = _loops._compile(add_one)
     assert compiled._cache.__class__.__name__ == "NullCache"
     np.testing.assert_array_equal(compiled(np.arange(3)), [1, 2, 3])
+
+
+def test_min_sum_index_leaves_the_callers_matrices_as_they_are():
+    A = sp.csr_matrix(np.array([[0.5, 0.5, 0], [0, 1, 0]], dtype=np.float64))
+    dtypes = (A.indptr.dtype, A.indices.dtype, A.data.dtype)
+    MinSumIndex(A, A).block(0, 2)
+    assert (A.indptr.dtype, A.indices.dtype, A.data.dtype) == dtypes

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from crossreid.errors import ClusteringError
 from crossreid.evaluation.kreciprocal import (
     MinSumIndex,
-    _kernels,
+    compiled_loops,
     encode,
     expand_queries,
     reciprocal_table,
@@ -369,7 +369,7 @@ def _pair_distance(
 
     def distance(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         dot = np.empty(rows.size, dtype=np.float32)
-        pair_dots = _kernels().pair_dots
+        pair_dots = compiled_loops().pair_dots
 
         def chunk(start: int) -> None:  # fills its own slice of `dot`
             stop = start + _PAIR_CHUNK

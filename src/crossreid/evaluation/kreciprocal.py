@@ -29,6 +29,7 @@ from crossreid.utils.parallel import map_in_order
 
 __all__ = [
     "MinSumIndex",
+    "compiled_loops",
     "encode",
     "expand_queries",
     "expansion_pairs",
@@ -84,7 +85,7 @@ def expansion_pairs(
     room = own_width + own_width * reciprocal_half.shape[1]  # pairs an item can have
     reciprocal = np.ascontiguousarray(reciprocal, dtype=np.int64)
     reciprocal_half = np.ascontiguousarray(reciprocal_half, dtype=np.int64)
-    expand = _kernels().expansion_pairs
+    expand = compiled_loops().expansion_pairs
 
     def block(start: int) -> tuple[np.ndarray, np.ndarray]:
         stop = min(start + _EXPANSION_ROWS, n)
@@ -174,15 +175,24 @@ class MinSumIndex:
     row's sums accumulate in float64 in the order of its entries (then of column ``k``'s
     entries), and are rounded to float32 once.
 
-    The loops are compiled (:func:`_kernels`); they release the GIL, so blocks of rows can
+    The loops are compiled (:func:`compiled_loops`); they release the GIL, so blocks of rows can
     be computed side by side in threads.
     """
 
     def __init__(self, rows: sp.csr_matrix, others: sp.csr_matrix) -> None:
-        self.rows = _canonical(rows.tocsr())
-        self.by_column = _canonical(others.tocsc())
+        self.rows = rows.tocsr()
+        self.by_column = others.tocsc()
         self.num_others = others.shape[0]
         self._column_count = np.diff(self.by_column.indptr)
+        # The compiled loops' one signature: int64 indices, float32 values (copies only
+        # where the matrices differ; the caller's matrices are left as they are).
+        self._arrays = tuple(
+            array.astype(dtype, copy=False)
+            for matrix in (self.rows, self.by_column)
+            for array, dtype in (
+                (matrix.indptr, np.int64), (matrix.indices, np.int64), (matrix.data, np.float32)
+            )
+        )  # fmt: skip
 
     def pairs_per_row(self) -> np.ndarray:
         """``[R]`` number of (entry of ``A``, entry of ``B``) pairs each row generates."""
@@ -210,7 +220,7 @@ class MinSumIndex:
         """Min-sums of rows ``[start, stop)`` of ``A`` with all of ``B``: ``[stop - start, M]``
         float32."""
         out = np.zeros((stop - start, self.num_others), dtype=np.float32)
-        _kernels().dense_min_sums(start, stop, *self._arrays(), out)
+        compiled_loops().dense_min_sums(start, stop, *self._arrays, out)
         return out
 
     def jaccard_rows(
@@ -227,28 +237,13 @@ class MinSumIndex:
         just below zero: it is clipped to 0, as the original clips it.
         """
         return int(
-            _kernels().sparse_jaccard(
-                start, stop, *self._arrays(), self.num_others, indices, values, counts
+            compiled_loops().sparse_jaccard(
+                start, stop, *self._arrays, self.num_others, indices, values, counts
             )
         )
 
-    def _arrays(self) -> tuple[np.ndarray, ...]:
-        rows, by_column = self.rows, self.by_column
-        return (
-            rows.indptr, rows.indices, rows.data,
-            by_column.indptr, by_column.indices, by_column.data,
-        )  # fmt: skip
 
-
-def _canonical(matrix: sp.csr_matrix | sp.csc_matrix) -> sp.csr_matrix | sp.csc_matrix:
-    """``matrix`` with int64 index arrays and float32 values (one compiled signature)."""
-    matrix.indptr = matrix.indptr.astype(np.int64, copy=False)
-    matrix.indices = matrix.indices.astype(np.int64, copy=False)
-    matrix.data = matrix.data.astype(np.float32, copy=False)
-    return matrix
-
-
-def _kernels() -> ModuleType:
+def compiled_loops() -> ModuleType:
     """The compiled loops (:mod:`crossreid.evaluation._loops`), imported on first use:
     importing numba takes a few tenths of a second that most commands never need."""
     from crossreid.evaluation import _loops
