@@ -175,8 +175,8 @@ class MinSumIndex:
     row's sums accumulate in float64 in the order of its entries (then of column ``k``'s
     entries), and are rounded to float32 once.
 
-    The loops are compiled (:func:`compiled_loops`); they release the GIL, so blocks of rows can
-    be computed side by side in threads.
+    The loops are compiled (:func:`compiled_loops`); they release the GIL, so blocks of
+    rows can be computed side by side in threads.
     """
 
     def __init__(self, rows: sp.csr_matrix, others: sp.csr_matrix) -> None:
