@@ -2,14 +2,14 @@
 temporaries.
 
 The min-sum step (:class:`~crossreid.evaluation.kreciprocal.MinSumIndex`): NumPy has no
-sparse "sum of minima" product. The NumPy
-formulation expands every (entry of ``A``, entry of ``B``) pair into index and value arrays
-(about 40 bytes of temporaries each; 145 million pairs at N = 25,909 in
-``benchmarks/jaccard.py``), scatters them with ``bincount`` into a dense block, then scans
-the block for its nonzeros. Here each row accumulates in one dense float64 row that stays
-in the cache, a bitmap records the columns it touched, and only those are visited: the
-same sums, bit for bit, and the min-sum step of the Jaccard distance took 0.7-0.8 s
-instead of 2.8-3.3 s at N = 25,909.
+sparse "sum of minima" product. The NumPy formulation expanded every (entry of ``A``,
+entry of ``B``) pair into index and value arrays (about 40 bytes of temporaries each; 145
+million pairs at N = 25,909 in ``benchmarks/jaccard.py``), scattered them with
+``bincount`` into a dense block, then scanned the block for its nonzeros. Here each row
+accumulates in one dense float64 row that stays in the cache, a bitmap records the columns
+it touched, and only those are visited: the same sums, bit for bit, and the min-sum step
+of the Jaccard distance took 0.9-1.0 s instead of 2.8-3.4 s at N = 25,909 (fresh
+processes, the output in small pages).
 
 The encoding weights of the Jaccard distance (:func:`pair_dots`): for each pair of an
 expanded set, its similarity from the k-nearest table or, for the quarter of pairs not in
