@@ -6,7 +6,8 @@ Usage:
 
 Each seed is one ``crossreid demo --seed S`` (domains and training seeded by S), written to
 ``OUTPUT/seed-S/results.json``; seeds whose results file exists are read, not run again.
-Single-seed figures move by several points between seeds (the oracle most), so the demo's
+The pseudo-label model averages the weights of its stage runs; their own figures are listed
+under it. Single-seed figures move by several points between seeds (the oracle most), so the demo's
 claims are made on the mean over seeds: the gain of each stage, and the share of the
 source-only → oracle gap closed (mean gain over mean gap). The spread is the sample
 standard deviation over seeds, with the minimum and maximum.
@@ -48,13 +49,27 @@ def report(runs: dict[int, dict]) -> None:
     print(f"target B, seeds {', '.join(map(str, seeds))}: mAP per seed (%)")
     header = f"{'model':<22}" + "".join(f"{'seed ' + str(s):>9}" for s in seeds)
     print(header + f"   {'mean ± sd  [min, max]':>28}")
+    # The pseudo-label model is the average of the weights of its stage runs; each run's
+    # figures are printed below it.
+    stage_runs = sorted(
+        set.intersection(*(set(runs[s].get("pseudo_label_runs", {})) for s in seeds))
+    )
     for metric in ("mAP", "rank1"):
         if metric != "mAP":
             print(f"{metric} (%)")
-        for key in keys:
-            values = [runs[s]["models"][key][metric] for s in seeds]
+        rows = [
+            (MODEL_LABELS[key][1], [runs[s]["models"][key][metric] for s in seeds]) for key in keys
+        ]
+        rows += [
+            (
+                f"  stage run {key.rsplit('_', 1)[1]}",
+                [runs[s]["pseudo_label_runs"][key][metric] for s in seeds],
+            )
+            for key in stage_runs
+        ]
+        for label, values in rows:
             cells = "".join(f"{100 * v:9.1f}" for v in values)
-            print(f"{MODEL_LABELS[key][1]:<22}{cells}   {_spread(values):>28}")
+            print(f"{label:<22}{cells}   {_spread(values):>28}")
     mean = {k: statistics.fmean(runs[s]["models"][k]["mAP"] for s in seeds) for k in keys}
     gap = mean["oracle"] - mean["source_only"]
     for key, base, what in (
@@ -73,6 +88,17 @@ def report(runs: dict[int, dict]) -> None:
         print(
             f"{what}: {100 * statistics.fmean(gains):+.1f} points mean "
             f"(per seed {', '.join(f'{100 * g:+.1f}' for g in gains)}){share}"
+        )
+    if stage_runs:
+        gains = [
+            runs[s]["models"]["pseudo_labels"]["mAP"]
+            - statistics.fmean(runs[s]["pseudo_label_runs"][k]["mAP"] for k in stage_runs)
+            for s in seeds
+        ]
+        print(
+            f"averaging the weights of the {len(stage_runs)} stage runs: "
+            f"{100 * statistics.fmean(gains):+.1f} points mean over their mean "
+            f"(per seed {', '.join(f'{100 * g:+.1f}' for g in gains)})"
         )
     seconds = [runs[s].get("seconds", float("nan")) for s in seeds]
     print(f"demo wall time per seed: {', '.join(f'{t:.0f} s' for t in seconds)}")

@@ -6,11 +6,13 @@ import json
 import shutil
 
 import pytest
+import torch
 from PIL import Image
 
 from crossreid import demo
 from crossreid.cli import main
 from crossreid.demo import recipe as demo_recipe
+from crossreid.models import read_checkpoint
 
 # Tiny domains and a few steps: the same code path as the real demo, in seconds.
 TINY = demo.DemoRecipe(
@@ -71,29 +73,46 @@ def test_run_demo_trains_three_models_and_writes_everything(tmp_path):
         assert _is_fraction_metrics(m), key
         assert _is_fraction_metrics(m["source_domain"]), key
         assert m["steps"] == 2 and m["train_seconds"] >= 0
+    # The pseudo-label model averages the weights of two stage runs (other seeds).
+    stage_runs = ["pseudo_labels_1", "pseudo_labels_2"]
+    assert list(results["pseudo_label_runs"]) == stage_runs
+    assert [r["seed"] for r in results["pseudo_label_runs"].values()] == [3, 3 + 12345]
+    assert all(_is_fraction_metrics(r) for r in results["pseudo_label_runs"].values())
+    runs = ["source_only", "adapted", "oracle", *stage_runs]
+    for key in runs:
         # Each run has its own TensorBoard folder and its single (final) evaluation.
         assert list((out / key / "tensorboard").rglob("events.out.tfevents*")), key
         lines_ = [json.loads(x) for x in (out / key / "metrics.jsonl").read_text().splitlines()]
         assert [x["step"] for x in lines_ if "kind" not in x] == [2]
     # The runs really differ in what they train on.
-    configs = {k: (out / k / "config.yaml").read_text() for k in results["models"]}
+    configs = {k: (out / k / "config.yaml").read_text() for k in runs}
     assert "mode: source-only" in configs["source_only"]
     assert "mode: adapt" in configs["adapted"] and "mode: oracle" in configs["oracle"]
     # Camera-wise BatchNorm (target data at test time) belongs to the adapted model only.
     assert "camera_bn: true" in configs["adapted"]
     assert "camera_bn: false" in configs["source_only"] and "camera_bn: false" in configs["oracle"]
     assert "seed=3" in configs["adapted"]  # the demo seed also seeds the domains
-    # The pseudo-label stage starts from the adapted run and clusters B before each step.
-    assert "method: cluster" in configs["pseudo_labels"] and "method: arn" in configs["adapted"]
-    assert f"init_from: {out / 'adapted'}" in configs["pseudo_labels"]
-    clusterings = [
-        json.loads(x)
-        for x in (out / "pseudo_labels" / "metrics.jsonl").read_text().splitlines()
-        if '"kind": "cluster"' in x
+    for key in stage_runs:
+        # The pseudo-label stage starts from the adapted run and clusters B before each step.
+        assert "method: cluster" in configs[key] and "method: arn" in configs["adapted"]
+        assert f"init_from: {out / 'adapted'}" in configs[key] and "seed=3" in configs[key]
+        clusterings = [
+            json.loads(x)
+            for x in (out / key / "metrics.jsonl").read_text().splitlines()
+            if '"kind": "cluster"' in x
+        ]
+        assert [c["step"] for c in clusterings] == [0, 1] and all(
+            c["clusters"] >= 2 for c in clusterings
+        )
+    assert "seed: 12348" in configs["pseudo_labels_2"]
+    soup = read_checkpoint(out / "pseudo_labels" / "checkpoints" / "last.pt")
+    members = [
+        read_checkpoint(out / key / "checkpoints" / "last.pt")["model"] for key in stage_runs
     ]
-    assert [c["step"] for c in clusterings] == [0, 1] and all(
-        c["clusters"] >= 2 for c in clusterings
-    )
+    assert soup["soup"] == [str(out / key / "checkpoints" / "last.pt") for key in stage_runs]
+    for name, value in soup["model"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (members[0][name] + members[1][name]) / 2), name
 
     assert json.loads((out / "results.json").read_text())["models"] == results["models"]
     # ranked.png: 4 queries x (source-only, adapted, pseudo-labels) rows of a query and

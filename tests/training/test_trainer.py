@@ -143,6 +143,22 @@ def test_resume_with_another_architecture_names_the_keys(tmp_path, tiny_config):
         train(other, progress=False)
 
 
+def test_a_soup_starts_a_run_but_cannot_be_resumed(tmp_path, tiny_config):
+    from crossreid.models import save_checkpoint, soup_checkpoint
+
+    for name, seed in (("a", 1), ("b", 2)):
+        train(tiny_config(tmp_path / name, max_steps=1, seed=seed), progress=False)
+    soup = soup_checkpoint([tmp_path / "a", tmp_path / "b"])
+    save_checkpoint(tmp_path / "soup" / "checkpoints" / "last.pt", soup)
+    resumed = tiny_config(tmp_path / "soup", max_steps=2, resume=str(tmp_path / "soup"))
+    with pytest.raises(CheckpointError, match="average of 2 runs' weights .* --init-from"):
+        train(resumed, progress=False)
+    started = train(
+        tiny_config(tmp_path / "c", max_steps=1, init_from=str(tmp_path / "soup")), progress=False
+    )
+    assert started.steps == 1
+
+
 def test_init_from_skips_a_classifier_of_another_size(tmp_path, tiny_config):
     first = train(tiny_config(tmp_path / "a", max_steps=1), progress=False)  # 6 classes
     bigger = "synthetic:B?ids=16&images=4&cameras=2&size=64x32"  # 8 training identities

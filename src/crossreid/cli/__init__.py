@@ -28,7 +28,7 @@ from crossreid.errors import CrossReIDError, TrainingInterrupted
 
 # Order in which subcommands are listed by ``crossreid --help``; modules of this package
 # not named here are listed after these, alphabetically.
-_ORDER = ["synth", "datasets", "train", "evaluate", "extract", "search", "export", "demo"]
+_ORDER = ["synth", "datasets", "train", "soup", "evaluate", "extract", "search", "export", "demo"]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

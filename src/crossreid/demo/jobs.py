@@ -8,6 +8,7 @@ than one run using all cores.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import queue as queue_module
 from collections.abc import Callable, Sequence
@@ -20,9 +21,12 @@ import torch
 from tqdm import tqdm
 
 from crossreid.data.specs import resolve_dataset
-from crossreid.demo.recipe import METRICS, DemoRecipe, train_config
+from crossreid.demo.recipe import METRICS, STAGE_SEED_STRIDE, DemoRecipe, train_config
 from crossreid.errors import ClusteringError, ConfigError
 from crossreid.evaluation.pipeline import evaluate_model
+from crossreid.models.checkpoint import load_model_state, save_checkpoint
+from crossreid.models.network import CrossDomainReID
+from crossreid.models.soup import soup_checkpoint
 from crossreid.training.config import TrainConfig
 from crossreid.training.trainer import train
 from crossreid.utils.parallel import usable_cpus
@@ -67,16 +71,56 @@ def _train_and_evaluate(
     init_from = output / job.after if job.after else None
     config = train_config(recipe, job.mode, seed, output / job.key, init_from, **job.overrides)
     result = train(config, progress=progress, step_callback=step_callback)
-    model = result.model
+    if job.soup_member:  # evaluated as part of the average (and on the target, for the log)
+        target_metrics, _ = _evaluate(result.model, datasets["B"], config)
+        return {
+            **target_metrics,
+            "seed": config.seed,
+            "train_seconds": round(result.seconds, 1),
+            "steps": result.steps,
+        }
+    return _evaluated_run(result.model, datasets, config, result.seconds, result.steps)
+
+
+def _evaluated_run(
+    model, datasets: dict[str, Any], config: TrainConfig, seconds: float, steps: int
+) -> dict[str, Any]:
+    """The result of a model: its metrics on the target (B) and on the source (A)."""
     target_metrics, target_features = _evaluate(model, datasets["B"], config)
     source_metrics, _ = _evaluate(model, datasets["A"], config)
     return {
         **target_metrics,
         "source_domain": source_metrics,
-        "train_seconds": round(result.seconds, 1),
-        "steps": result.steps,
+        "train_seconds": round(seconds, 1),
+        "steps": steps,
         "_features": target_features,
     }
+
+
+def _soup_and_evaluate(
+    recipe: DemoRecipe,
+    job: Job,
+    members: list[Job],
+    runs: dict[str, Any],
+    seed: int,
+    output: Path,
+    datasets: dict[str, Any],
+) -> dict[str, Any]:
+    """The average of the weights of ``members``' runs (:mod:`crossreid.models.soup`),
+    written to ``output / job.key`` and evaluated (one thread); its runs' target metrics
+    under ``_runs``."""
+    payload = soup_checkpoint([output / member.key for member in members])
+    save_checkpoint(output / job.key / "checkpoints" / "last.pt", payload)
+    model = CrossDomainReID.from_config(payload["config"]["model"], pretrained=None)
+    load_model_state(model, payload["model"], source=f"the average of {job.label}'s runs")
+    init_from = output / job.after if job.after else None
+    config = train_config(recipe, job.mode, seed, output / job.key, init_from, **job.overrides)
+    done = [runs[member.key] for member in members]
+    with torch_threads(1):
+        result = _evaluated_run(
+            model, datasets, config, sum(r["train_seconds"] for r in done), done[0]["steps"]
+        )
+    return {**result, "_runs": {member.key: runs[member.key] for member in members}}
 
 
 @dataclass(frozen=True)
@@ -90,6 +134,27 @@ class Job:
     mode: str
     overrides: dict[str, Any] = field(default_factory=dict)
     after: str | None = None
+    #: Train this many runs (seeds ``seed + STAGE_SEED_STRIDE * i``) and average their
+    #: weights: the job's model (:mod:`crossreid.models.soup`).
+    runs: int = 1
+    #: A run to be averaged: evaluated on the target only.
+    soup_member: bool = False
+
+    def members(self, seed: int) -> list[Job]:
+        """The runs this job averages (``[self]`` for a single run)."""
+        if self.runs <= 1:
+            return [self]
+        return [
+            dataclasses.replace(
+                self,
+                key=f"{self.key}_{i}",
+                label=f"{self.label} run {i}",
+                overrides={**self.overrides, "seed": seed + STAGE_SEED_STRIDE * (i - 1)},
+                runs=1,
+                soup_member=True,
+            )
+            for i in range(1, self.runs + 1)
+        ]
 
     def max_steps(self, recipe: DemoRecipe) -> int:
         stage = recipe.pseudo if self.after else {}
@@ -129,9 +194,10 @@ class _Results:
         self.runs[job.key] = run
         if isinstance(run, BaseException):
             return
+        source = f"; source mAP {run['source_domain']['mAP']:.1%}" if "source_domain" in run else ""
         line = (
-            f"{job.label}: target mAP {run['mAP']:.1%} rank-1 {run['rank1']:.1%}; "
-            f"source mAP {run['source_domain']['mAP']:.1%} ({run['train_seconds']:.0f} s)"
+            f"{job.label}: target mAP {run['mAP']:.1%} rank-1 {run['rank1']:.1%}{source} "
+            f"({run['train_seconds']:.0f} s)"
         )
         if self.bars:
             with tqdm.external_write_mode():
@@ -158,14 +224,19 @@ def run_jobs(
     scratch amplifies the difference); on a multi-core CPU, single-threaded runs side by
     side are also faster than one run using all cores. With ``workers == 1`` the runs are
     made in this process, one after the other; otherwise in spawned worker processes,
-    longest (adaptation) first; ``None`` means :func:`default_jobs`. Returns each job's
-    result, or the exception it raised (:class:`ConfigError` only; others are raised).
+    longest (adaptation) first; ``None`` means :func:`default_jobs`. A job with ``runs``
+    above 1 is trained as that many runs (keys ``<key>_1`` ...), side by side like the
+    others, and its result is the average of their weights, evaluated once they have all
+    finished. Returns each job's (and each such run's) result, or the exception it raised
+    (:class:`ConfigError` and :class:`ClusteringError` only; others are raised).
     """
     if workers is None:
         workers = default_jobs()
     results = _Results(log)
+    groups = {job.key: job.members(seed) for job in jobs if job.runs > 1}
+    trained = [member for job in jobs for member in groups.get(job.key, [job])]
     if workers <= 1:
-        for job in jobs:
+        for job in trained:
             log(f"training {job.label} ...")
             try:
                 if isinstance(results.runs.get(job.after), BaseException):
@@ -176,7 +247,20 @@ def run_jobs(
                 run = err
             results.finished(job, run)
     else:
-        _run_in_workers(recipe, seed, output, jobs, workers, progress, results)
+        _run_in_workers(recipe, seed, output, trained, workers, progress, results)
+    for job in jobs:
+        members = groups.get(job.key)
+        if members is None:
+            continue
+        failed = [
+            results.runs[m.key] for m in members if isinstance(results.runs[m.key], Exception)
+        ]
+        if failed:
+            results.finished(job, failed[0])
+            continue
+        log(f"averaging the weights of {len(members)} runs: {job.label} ...")
+        soup = _soup_and_evaluate(recipe, job, members, results.runs, seed, output, datasets)
+        results.finished(job, soup)
     return results.runs
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "METRICS",
     "MODEL_LABELS",
     "QUICK_RECIPE",
+    "STAGE_SEED_STRIDE",
     "STARTS_FROM",
     "DemoRecipe",
     "recipe_replace",
@@ -36,6 +37,9 @@ MODEL_LABELS: dict[str, tuple[str, str]] = {
 }
 #: Models trained from another model's run: key → the key of the run they start from.
 STARTS_FROM = {"pseudo_labels": "adapted"}
+#: The pseudo-label stage's run ``i`` (from 1) is seeded ``seed + STAGE_SEED_STRIDE * (i - 1)``,
+#: so its first run is the single run of ``pseudo_runs = 1``.
+STAGE_SEED_STRIDE = 12345
 #: The target metrics in the demo's tables and results (fractions).
 METRICS = tuple(name for name in RANK_METRICS if name != "rank20")
 #: What ``--ablate`` switches off in turn: each loss weight, the target colour transfer and
@@ -71,6 +75,10 @@ class DemoRecipe:
     adapt: dict[str, Any] = field(default_factory=dict)
     #: Settings of the pseudo-label stage (``method: cluster``), started from the adapted run.
     pseudo: dict[str, Any] = field(default_factory=dict)
+    #: The pseudo-label model is the average of the weights of this many stage runs from the
+    #: adapted model, run ``i`` (from 1) seeded ``seed + STAGE_SEED_STRIDE * (i - 1)``
+    #: (:mod:`crossreid.models.soup`); 1: a single run.
+    pseudo_runs: int = 2
 
     def spec(self, domain: str, seed: int) -> str:
         """The ``synthetic:`` dataset spec of ``domain`` for a demo seed."""
@@ -182,20 +190,24 @@ def train_config(
     seed: int,
     output: Path,
     init_from: Path | None = None,
+    /,
     **overrides: Any,
 ) -> TrainConfig:
     """The :class:`TrainConfig` of one demo run (``mode``: adapt, source-only or oracle; with
-    ``init_from``, the pseudo-label stage started from that run)."""
+    ``init_from``, the pseudo-label stage started from that run). ``seed`` seeds the domains
+    and, unless ``overrides`` hold a ``seed``, the training."""
     values = {**recipe.train, **(recipe.adapt if mode == "adapt" else {})}
     if init_from is not None:
         values.update(recipe.pseudo, init_from=str(init_from))
     values.update(overrides)
     max_steps = int(values["max_steps"])
+    # An override "seed" seeds the training only; the domains keep the demo seed.
+    run_seed = int(values.pop("seed", seed))
     return TrainConfig(
         source=recipe.spec("A", seed),
         target=recipe.spec("B", seed),
         mode=mode,
-        seed=seed,
+        seed=run_seed,
         output=str(output),
         # One evaluation, at the end: the reported model is the last one, not the best.
         eval_every=max_steps,

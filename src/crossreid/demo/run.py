@@ -72,7 +72,13 @@ def run_demo(
     log(f"data ready in {time.perf_counter() - started:.0f} s")
 
     jobs = [
-        Job(key, label, mode, after=STARTS_FROM.get(key))
+        Job(
+            key,
+            label,
+            mode,
+            after=STARTS_FROM.get(key),
+            runs=recipe.pseudo_runs if key in STARTS_FROM else 1,
+        )
         for key, (mode, label) in MODEL_LABELS.items()
     ]
     done = run_jobs(
@@ -94,6 +100,8 @@ def run_demo(
             raise run
         else:
             runs[job.key] = run
+    # The pseudo-label model's runs, before their weights were averaged (target metrics).
+    stage_runs = runs.get("pseudo_labels", {}).pop("_runs", None)
 
     metric = recipe.train.get("dist_metric", "cosine")
     keys = tuple(k for k in ("source_only", "adapted", "pseudo_labels") if k in runs)
@@ -108,6 +116,7 @@ def run_demo(
     results = {
         "seed": seed,
         "models": {key: _clean(run) for key, run in runs.items()},
+        **({"pseudo_label_runs": stage_runs} if stage_runs else {}),
         "seconds": round(time.perf_counter() - started, 1),
         "output": str(output),
         "ranked": str(ranked),
@@ -153,7 +162,9 @@ def run_ablation(
             jobs.append(Job(f"{term}_0", f"{term}=0", "adapt", {term: 0.0}))
     parts = len(jobs) - 1
     # The pseudo-label stage on top of the full adapted model: what the second stage adds.
-    jobs.append(Job("pseudo_labels", "full + pseudo-labels", "adapt", after="full"))
+    jobs.append(
+        Job("pseudo_labels", "full + pseudo-labels", "adapt", after="full", runs=recipe.pseudo_runs)
+    )
     log(f"ablation: the adapted model, then with each of {parts} parts switched off")
     done = run_jobs(
         recipe,

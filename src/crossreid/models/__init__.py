@@ -1,7 +1,8 @@
 """The cross-domain re-ID network, its building blocks and its checkpoint format.
 
 ``CrossDomainReID`` is the model (identity encoder, pose encoder, decoder, classifier);
-``load_checkpoint(path)`` rebuilds one from a checkpoint file (or run folder) alone.
+``load_checkpoint(path)`` rebuilds one from a checkpoint file (or run folder) alone;
+``soup_checkpoint(paths)`` averages the weights of runs trained from one start.
 """
 
 from crossreid.models.backbones import BACKBONES, build_trunk, imagenet_state_dict
@@ -20,6 +21,7 @@ from crossreid.models.checkpoint import (
 from crossreid.models.decoder import Decoder
 from crossreid.models.network import CrossDomainReID, IdentityEncoder, PoseEncoder
 from crossreid.models.pooling import POOLINGS, GeneralizedMeanPooling
+from crossreid.models.soup import average_state_dicts, soup_checkpoint
 
 __all__ = [
     "BACKBONES",
@@ -31,6 +33,7 @@ __all__ = [
     "GeneralizedMeanPooling",
     "IdentityEncoder",
     "PoseEncoder",
+    "average_state_dicts",
     "build_checkpoint",
     "build_trunk",
     "find_checkpoint",
@@ -41,4 +44,5 @@ __all__ = [
     "read_checkpoint",
     "link_checkpoint",
     "save_checkpoint",
+    "soup_checkpoint",
 ]

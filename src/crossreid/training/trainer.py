@@ -286,6 +286,12 @@ def _schedule(config: TrainConfig) -> LRSchedule:
 
 def restore_run(state: RunState, checkpoint: dict[str, Any], path: Path) -> None:
     """Optimiser, schedule, AMP scaler, step, best metrics and random state of a resumed run."""
+    if "soup" in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} is an average of {len(checkpoint['soup'])} runs' weights "
+            "(crossreid soup): it holds no training state to resume; start a run from it "
+            "with --init-from"
+        )
     try:
         state.optimizer.load_state_dict(checkpoint["optimizer"])
         state.scheduler.load_state_dict(checkpoint["scheduler"])
