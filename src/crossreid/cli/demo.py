@@ -7,13 +7,18 @@ import json
 import os
 from pathlib import Path
 
-HELP = "train source-only, adapted and oracle models on synthetic domains A -> B and compare"
+HELP = (
+    "train source-only, adapted, oracle and pseudo-label models on synthetic domains A -> B "
+    "and compare"
+)
 DESCRIPTION = (
     "Generate (or reuse from the cache) two synthetic camera domains, A (labelled source, "
     "daylight) and B (unlabelled target, dim cameras with colour casts, blur and noise); train "
     "the same small network from scratch three times on the CPU: source-only (A, no target "
     "batches), adapted (A -> B, B's labels never read; evaluated with camera-wise BatchNorm "
-    "statistics of B's unlabelled images) and oracle (B's labels); evaluate each "
+    "statistics of B's unlabelled images) and oracle (B's labels); then ARN + pseudo-labels: "
+    "two pseudo-label stages from the adapted model (B's training images clustered, never "
+    "their labels; two seeds) and the average of their weights; evaluate each "
     "on B's and A's query/gallery; print the table, write TensorBoard logs per run, "
     "ranked.png and results.json under --output. The runs are single-threaded and run side by "
     "side (--jobs), so the numbers do not depend on the machine's CPU count. Nothing is "

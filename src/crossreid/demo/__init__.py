@@ -9,17 +9,21 @@ It shows what crossreid is for, on a machine with no dataset and no GPU:
 1. two synthetic camera domains are generated (cached) through ``synthetic:`` specs:
    **A** (the labelled source: daylight, neutral colours) and **B** (the unlabelled target:
    dim indoor/night cameras with colour casts, blur and noise);
-2. the same small network is trained three times from scratch:
+2. the same small network is trained three times from scratch, and once more from the
+   adapted model:
 
    * ``source_only`` — on A with the source losses only (no target batches, no MMD);
    * ``adapted`` — the full cross-domain training A → B (B's labels are never read),
      evaluated with camera-wise BatchNorm statistics of B's unlabelled training images;
    * ``oracle`` — supervised on B's training labels, the upper bound;
+   * ``pseudo_labels`` — ARN + pseudo-labels: the pseudo-label stage (B's training images
+     clustered, never their labels) run twice from the adapted model with two seeds, and
+     the average of the two runs' weights (:mod:`crossreid.models.soup`);
 
 3. each model is evaluated on B's query/gallery (the target, what the table is about) and on
    A's query/gallery (the source);
 4. a table, TensorBoard logs (one folder per run), ``ranked.png`` (the same B queries ranked
-   by the source-only and by the adapted model) and a JSON summary are written.
+   by the source-only, the adapted and the pseudo-label model) and a JSON summary are written.
 
 Model selection is honest: every model is the one at the *last* training step (the target
 labels are used for evaluation only, never to pick a checkpoint). Every run is

@@ -39,7 +39,7 @@ def run_demo(
     log: Callable[[str], None] = print,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Generate (or reuse) the synthetic domains, train the three models and evaluate them.
+    """Generate (or reuse) the synthetic domains, train the four models and evaluate them.
 
     Args:
         quick: use :data:`QUICK_RECIPE` (smaller data, fewer steps) instead of
@@ -55,9 +55,13 @@ def run_demo(
             the results do not depend on it.
 
     Returns:
-        ``{"seed", "models": {"source_only"|"adapted"|"oracle": {rank1, rank5, rank10, mAP,
-        mINP, source_domain: {...}, train_seconds, steps}}, "seconds", "output", "ranked"}``,
-        metrics as fractions on B's query/gallery (``source_domain``: on A's).
+        ``{"seed", "models": {"source_only"|"adapted"|"oracle"|"pseudo_labels": {rank1,
+        rank5, rank10, mAP, mINP, source_domain: {...}, train_seconds, steps}},
+        "pseudo_label_runs": {"pseudo_labels_1"|...: {rank1, ..., mINP, seed, train_seconds,
+        steps}}, "seconds", "output", "ranked"}``, metrics as fractions on B's query/gallery
+        (``source_domain``: on A's). ``pseudo_labels`` is the average of the weights of the
+        stage runs in ``pseudo_label_runs`` (absent with ``recipe.pseudo_runs`` 1); its
+        ``train_seconds`` is theirs summed.
     """
     started = time.perf_counter()
     recipe = recipe or (recipes.QUICK_RECIPE if quick else recipes.DEFAULT_RECIPE)
