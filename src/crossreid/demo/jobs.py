@@ -134,8 +134,8 @@ class Job:
     mode: str
     overrides: dict[str, Any] = field(default_factory=dict)
     after: str | None = None
-    #: Train this many runs (seeds ``seed + STAGE_SEED_STRIDE * i``) and average their
-    #: weights: the job's model (:mod:`crossreid.models.soup`).
+    #: Train this many runs (run i seeded ``seed + STAGE_SEED_STRIDE * (i - 1)``) and
+    #: average their weights: the job's model (:mod:`crossreid.models.soup`).
     runs: int = 1
     #: A run to be averaged: evaluated on the target only.
     soup_member: bool = False
