@@ -24,8 +24,7 @@ from crossreid.data.specs import resolve_dataset
 from crossreid.demo.recipe import METRICS, STAGE_SEED_STRIDE, DemoRecipe, train_config
 from crossreid.errors import ClusteringError, ConfigError
 from crossreid.evaluation.pipeline import evaluate_model
-from crossreid.models.checkpoint import load_model_state, save_checkpoint
-from crossreid.models.network import CrossDomainReID
+from crossreid.models.checkpoint import load_checkpoint, save_checkpoint
 from crossreid.models.soup import soup_checkpoint
 from crossreid.training.config import TrainConfig
 from crossreid.training.trainer import train
@@ -110,9 +109,7 @@ def _soup_and_evaluate(
     written to ``output / job.key`` and evaluated (one thread); its runs' target metrics
     under ``_runs``."""
     payload = soup_checkpoint([output / member.key for member in members])
-    save_checkpoint(output / job.key / "checkpoints" / "last.pt", payload)
-    model = CrossDomainReID.from_config(payload["config"]["model"], pretrained=None)
-    load_model_state(model, payload["model"], source=f"the average of {job.label}'s runs")
+    model = load_checkpoint(save_checkpoint(output / job.key / "checkpoints" / "last.pt", payload))
     init_from = output / job.after if job.after else None
     config = train_config(recipe, job.mode, seed, output / job.key, init_from, **job.overrides)
     done = [runs[member.key] for member in members]

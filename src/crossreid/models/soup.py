@@ -71,7 +71,7 @@ def average_state_dicts(
                 )
     averaged = {}
     for key, value in first.items():
-        if value.is_floating_point() or value.is_complex():
+        if value.is_floating_point():
             total = sum(state[key].detach().to("cpu", torch.float64) for state in states)
             averaged[key] = (total / len(states)).to(value.dtype)
         else:
