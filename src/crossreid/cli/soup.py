@@ -37,8 +37,6 @@ def run(args: argparse.Namespace) -> int:
     from crossreid.models.checkpoint import save_checkpoint
     from crossreid.models.soup import soup_checkpoint
 
-    if len(args.runs) < 2:
-        raise ConfigError(f"a soup averages two runs or more; got {len(args.runs)}")
     target = Path(args.output) / "checkpoints" / "last.pt"
     if target.exists():
         raise ConfigError(f"{target} exists; give another --output (nothing was written)")
