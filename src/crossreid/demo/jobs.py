@@ -67,8 +67,7 @@ def _train_and_evaluate(
 ) -> dict[str, Any]:
     """One training run (in ``output / job.key``), evaluated on the target (B) and on the
     source (A)."""
-    init_from = output / job.after if job.after else None
-    config = train_config(recipe, job.mode, seed, output / job.key, init_from, **job.overrides)
+    config = _job_config(recipe, job, seed, output)
     result = train(config, progress=progress, step_callback=step_callback)
     if job.soup_member:  # evaluated as part of the average (and on the target, for the log)
         target_metrics, _ = _evaluate(result.model, datasets["B"], config)
@@ -79,6 +78,13 @@ def _train_and_evaluate(
             "steps": result.steps,
         }
     return _evaluated_run(result.model, datasets, config, result.seconds, result.steps)
+
+
+def _job_config(recipe: DemoRecipe, job: Job, seed: int, output: Path) -> TrainConfig:
+    """The configuration of ``job``'s run, in ``output / job.key`` (started from
+    ``output / job.after`` when it follows another run)."""
+    init_from = output / job.after if job.after else None
+    return train_config(recipe, job.mode, seed, output / job.key, init_from, **job.overrides)
 
 
 def _evaluated_run(
@@ -110,8 +116,7 @@ def _soup_and_evaluate(
     under ``_runs``."""
     payload = soup_checkpoint([output / member.key for member in members])
     model = load_checkpoint(save_checkpoint(output / job.key / "checkpoints" / "last.pt", payload))
-    init_from = output / job.after if job.after else None
-    config = train_config(recipe, job.mode, seed, output / job.key, init_from, **job.overrides)
+    config = _job_config(recipe, job, seed, output)
     done = [runs[member.key] for member in members]
     with torch_threads(1):
         result = _evaluated_run(
