@@ -110,3 +110,36 @@ def test_cli_soup_writes_and_never_overwrites(make_small, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_soup_checkpoint_holds_one_run_at_a_time(make_small, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import crossreid.models.soup as soup_module
+
+    runs = [*_two_runs(make_small, tmp_path)]
+    third = make_small()
+    runs.append(save_checkpoint(tmp_path / "run3.pt", build_checkpoint(third, config={})))
+    read, alive_at_read = [], []
+    original = soup_module.read_checkpoint
+
+    class Checkpoint(dict):  # a dict that can be weakly referenced
+        pass
+
+    def tracked(path):
+        gc.collect()
+        alive_at_read.append(sum(ref() is not None for ref in read))
+        checkpoint = Checkpoint(original(path))
+        read.append(weakref.ref(checkpoint))
+        return checkpoint
+
+    monkeypatch.setattr(soup_module, "read_checkpoint", tracked)
+    payload = soup_checkpoint(runs)
+    # When each run is read, no earlier run's checkpoint is still held.
+    assert alive_at_read == [0, 0, 0]
+    states = [load_checkpoint(path).state_dict() for path in runs]
+    for key, value in payload["model"].items():
+        if value.is_floating_point():
+            expected = sum(s[key].double() for s in states) / 3
+            assert torch.equal(value, expected.to(value.dtype)), key

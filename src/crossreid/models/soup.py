@@ -33,6 +33,54 @@ from crossreid.models.checkpoint import (
 __all__ = ["average_state_dicts", "soup_checkpoint"]
 
 
+class _RunningMean:
+    """The element-wise mean of state dicts added one at a time: float64 sums of the
+    floating-point tensors, integer buffers from the first. Only the sums are kept, so
+    averaging many runs holds one run's weights in memory at a time (plus the sums)."""
+
+    def __init__(self, first: Mapping[str, torch.Tensor], name: str) -> None:
+        self.name = name
+        self.dtypes = {key: value.dtype for key, value in first.items()}
+        self.shapes = {key: value.shape for key, value in first.items()}
+        self.sums: dict[str, torch.Tensor] = {}
+        for key, value in first.items():
+            value = value.detach().to("cpu", copy=True)
+            self.sums[key] = value.double() if value.is_floating_point() else value
+        self.count = 1
+
+    def add(self, state: Mapping[str, torch.Tensor], name: str) -> None:
+        missing = sorted(set(self.sums) - set(state))
+        extra = sorted(set(state) - set(self.sums))
+        if missing or extra:
+            shown = ", ".join(
+                [*(f"missing {k}" for k in missing[:3]), *(f"extra {k}" for k in extra[:3])]
+            )
+            raise CheckpointError(
+                f"{name} has other weights than {self.name} ({shown}): only runs of one "
+                "architecture can be averaged"
+            )
+        for key, dtype in self.dtypes.items():
+            other = state[key]
+            if other.shape != self.shapes[key] or other.dtype != dtype:
+                raise CheckpointError(
+                    f"{name} does not match {self.name} at {key}: {tuple(other.shape)} "
+                    f"{other.dtype} against {tuple(self.shapes[key])} {dtype}; only runs of "
+                    "one architecture can be averaged"
+                )
+        for key, dtype in self.dtypes.items():
+            if dtype.is_floating_point:
+                self.sums[key] += state[key].detach().to("cpu", torch.float64)
+        self.count += 1
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {
+            key: (total / self.count).to(self.dtypes[key])
+            if self.dtypes[key].is_floating_point
+            else total
+            for key, total in self.sums.items()
+        }
+
+
 def average_state_dicts(
     states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None
 ) -> dict[str, torch.Tensor]:
@@ -49,34 +97,10 @@ def average_state_dicts(
     names = (
         list(names) if names is not None else [f"state dict {i + 1}" for i in range(len(states))]
     )
-    first = states[0]
+    running = _RunningMean(states[0], names[0])
     for name, state in zip(names[1:], states[1:], strict=True):
-        missing = sorted(set(first) - set(state))
-        extra = sorted(set(state) - set(first))
-        if missing or extra:
-            shown = ", ".join(
-                [*(f"missing {k}" for k in missing[:3]), *(f"extra {k}" for k in extra[:3])]
-            )
-            raise CheckpointError(
-                f"{name} has other weights than {names[0]} ({shown}): only runs of one "
-                "architecture can be averaged"
-            )
-        for key, value in first.items():
-            other = state[key]
-            if other.shape != value.shape or other.dtype != value.dtype:
-                raise CheckpointError(
-                    f"{name} does not match {names[0]} at {key}: {tuple(other.shape)} "
-                    f"{other.dtype} against {tuple(value.shape)} {value.dtype}; only runs of "
-                    "one architecture can be averaged"
-                )
-    averaged = {}
-    for key, value in first.items():
-        if value.is_floating_point():
-            total = sum(state[key].detach().to("cpu", torch.float64) for state in states)
-            averaged[key] = (total / len(states)).to(value.dtype)
-        else:
-            averaged[key] = value.detach().cpu().clone()
-    return averaged
+        running.add(state, name)
+    return running.mean()
 
 
 def soup_checkpoint(
@@ -89,6 +113,10 @@ def soup_checkpoint(
     no optimiser or schedule state, so it cannot be resumed; it can be evaluated, exported,
     searched with, and passed to ``--init-from``.
 
+    The runs are read one at a time and added to float64 sums of the weights, so the memory
+    needed is one checkpoint (its optimiser state included) and twice the float32 weights,
+    however many runs are averaged.
+
     Raises:
         CheckpointError: fewer than two runs, an unreadable one, or runs of different
             architectures.
@@ -96,9 +124,14 @@ def soup_checkpoint(
     if len(paths) < 2:
         raise CheckpointError(f"a soup averages two runs or more; got {len(paths)}")
     files = [find_checkpoint(path, prefer_best=prefer_best) for path in paths]
-    checkpoints = [read_checkpoint(path) for path in files]
-    first_model = checkpoints[0]["config"]["model"]
-    for path, checkpoint in zip(files[1:], checkpoints[1:], strict=True):
+    # One run read at a time (its optimiser state included) and added to the running sums.
+    first = read_checkpoint(files[0])
+    config, step = first["config"], int(first.get("step", 0))
+    first_model = config["model"]
+    running = _RunningMean(_strip_wrapper_prefixes(first["model"]), str(files[0]))
+    del first
+    for path in files[1:]:
+        checkpoint = read_checkpoint(path)
         model = checkpoint["config"]["model"]
         if model != first_model:
             differ = sorted(
@@ -111,14 +144,14 @@ def soup_checkpoint(
                 f"{path} has another architecture than {files[0]} ({detail}); only runs of "
                 "one architecture can be averaged"
             )
-    weights = average_state_dicts(
-        [_strip_wrapper_prefixes(c["model"]) for c in checkpoints], [str(p) for p in files]
-    )
+        running.add(_strip_wrapper_prefixes(checkpoint["model"]), str(path))
+        del checkpoint
+    weights = running.mean()
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model": weights,
-        "config": checkpoints[0]["config"],
-        "step": int(checkpoints[0].get("step", 0)),
+        "config": config,
+        "step": step,
         "soup": [str(path) for path in files],
     }
