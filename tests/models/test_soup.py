@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
+import crossreid.models.soup as soup_module
 from crossreid.cli import main
 from crossreid.errors import CheckpointError
 from crossreid.models import (
@@ -113,12 +117,7 @@ def test_cli_soup_writes_and_never_overwrites(make_small, tmp_path, capsys):
 
 
 def test_soup_checkpoint_holds_one_run_at_a_time(make_small, tmp_path, monkeypatch):
-    import gc
-    import weakref
-
-    import crossreid.models.soup as soup_module
-
-    runs = [*_two_runs(make_small, tmp_path)]
+    runs = list(_two_runs(make_small, tmp_path))
     third = make_small()
     runs.append(save_checkpoint(tmp_path / "run3.pt", build_checkpoint(third, config={})))
     read, alive_at_read = [], []
