@@ -41,11 +41,12 @@ class _RunningMean:
     def __init__(self, first: Mapping[str, torch.Tensor], name: str) -> None:
         self.name = name
         self.dtypes = {key: value.dtype for key, value in first.items()}
-        self.shapes = {key: value.shape for key, value in first.items()}
-        self.sums: dict[str, torch.Tensor] = {}
-        for key, value in first.items():
-            value = value.detach().to("cpu", copy=True)
-            self.sums[key] = value.double() if value.is_floating_point() else value
+        # One copy per tensor: floating-point ones straight to float64, the others as they are.
+        self.sums = {
+            key: value.detach().to("cpu", torch.float64 if value.is_floating_point() else None,
+                                   copy=True)
+            for key, value in first.items()
+        }  # fmt: skip
         self.count = 1
 
     def add(self, state: Mapping[str, torch.Tensor], name: str) -> None:
@@ -61,10 +62,11 @@ class _RunningMean:
             )
         for key, dtype in self.dtypes.items():
             other = state[key]
-            if other.shape != self.shapes[key] or other.dtype != dtype:
+            shape = self.sums[key].shape
+            if other.shape != shape or other.dtype != dtype:
                 raise CheckpointError(
                     f"{name} does not match {self.name} at {key}: {tuple(other.shape)} "
-                    f"{other.dtype} against {tuple(self.shapes[key])} {dtype}; only runs of "
+                    f"{other.dtype} against {tuple(shape)} {dtype}; only runs of "
                     "one architecture can be averaged"
                 )
         for key, dtype in self.dtypes.items():
