@@ -66,7 +66,9 @@ def _torchrun(config, folder) -> subprocess.CompletedProcess:
     """Train ``config`` in 2 CPU processes under torchrun; each writes ``rank<r>.json``."""
     script = folder / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # TMPDIR: torchrun's per-launch log folder (torchelastic_*) goes in the test's folder,
+    # not the machine's /tmp.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TMPDIR": str(folder)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node", "2", str(script), json.dumps(config.to_dict()), str(folder)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
