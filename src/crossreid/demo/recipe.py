@@ -171,7 +171,11 @@ _PSEUDO: dict[str, Any] = {
     "cluster_split_bn": True,
     "lr": 1e-3,
     "backbone_lr": 1e-3,
-    "warmup_steps": 10,
+    # The warm-up spans the stage's first clustering round (50 steps, not 10): the model
+    # does not lurch at the first, least reliable clusters. Averaged over its two runs,
+    # seeds 0-7: 19.01 % target mAP against 18.21 % with 10 steps; seeds 8-13, chosen
+    # after (held out): 21.86 % against 20.33 % (README's demo section).
+    "warmup_steps": 50,
 }
 
 DEFAULT_RECIPE = DemoRecipe(
@@ -183,7 +187,8 @@ QUICK_RECIPE = DemoRecipe(
     images=10,
     train={**_COMMON_TRAIN, "max_steps": 80},
     adapt=dict(_ADAPT_ONLY),
-    pseudo={**_PSEUDO, "max_steps": 60, "cluster_every": 20, "cluster_k1": 12},
+    # The stage's warm-up spans its first clustering round here too.
+    pseudo={**_PSEUDO, "max_steps": 60, "cluster_every": 20, "cluster_k1": 12, "warmup_steps": 20},
 )
 
 
