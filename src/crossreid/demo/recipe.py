@@ -173,8 +173,9 @@ _PSEUDO: dict[str, Any] = {
     "backbone_lr": 1e-3,
     # The warm-up spans the stage's first clustering round (50 steps, not 10): the model
     # does not lurch at the first, least reliable clusters. Averaged over its two runs,
-    # seeds 0-7: 19.01 % target mAP against 18.21 % with 10 steps; seeds 8-13, chosen
-    # after (held out): 21.86 % against 20.33 % (README's demo section).
+    # seeds 0-7: 19.01 % target mAP against 18.21 % with 10 steps; held out, seeds 8-13:
+    # 21.86 % against 20.33 %, but seeds 14-19: 20.1 % against 20.8 %. Over seeds 0-19,
+    # +0.6 points (standard error 0.35; README's demo section).
     "warmup_steps": 50,
 }
 
