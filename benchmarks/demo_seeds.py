@@ -106,10 +106,23 @@ def report(runs: dict[int, dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="demo seeds (default 0 1 2 3)"
+    )
     parser.add_argument("--quick", action="store_true", help="the --quick demo")
-    parser.add_argument("--output", type=Path, default=Path("runs/seeds"))
-    parser.add_argument("--from", dest="source", type=Path, help="only tabulate this folder")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/seeds"),
+        help="one seed-S folder per seed; finished seeds are read, not run again "
+        "(default runs/seeds)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="only tabulate the seed-*/results.json already in this folder",
+    )
     args = parser.parse_args()
     output = args.source or args.output
     if args.source:
