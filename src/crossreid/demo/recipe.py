@@ -1,6 +1,6 @@
 """The demo's recipe: the synthetic domains' size and the training settings of its runs.
 
-The settings are measured choices (see the README's demo section); every run is trained from
+The settings are measured choices (see docs/demo-measurements.md); every run is trained from
 scratch on a 2-core CPU and evaluated at its last step.
 """
 
@@ -79,7 +79,7 @@ class DemoRecipe:
     #: adapted model, run ``i`` (from 1) seeded ``seed + STAGE_SEED_STRIDE * (i - 1)``
     #: (:mod:`crossreid.models.soup`); 1: a single run. Two runs averaged beat the mean of
     #: the two on each of seeds 0-7 (+1.1 points of target mAP on average, +0.2 to +1.9;
-    #: README's demo section). On two cores the second run goes beside the first once the
+    #: docs/demo-measurements.md). On two cores the second run goes beside the first once the
     #: oracle has finished, so it costs the demo about a minute, not a whole stage.
     pseudo_runs: int = 2
 
@@ -102,10 +102,10 @@ _COMMON_TRAIN: dict[str, Any] = {
     "batch_size": 32,
     "num_instances": 4,
     # From scratch, SGD at a useful learning rate diverges in the first steps at this
-    # size; Adam at 1e-3 learns steadily (measured: see the README's demo section).
+    # size; Adam at 1e-3 learns steadily (measured: see docs/demo-measurements.md).
     "optimizer": "adam",
     "lr": 0.001,
-    # Adaptation recipe (measured, see the README's demo section): MMD at weight 1 aligns
+    # Adaptation recipe (measured, see docs/demo-measurements.md): MMD at weight 1 aligns
     # the identity vectors and the contrastive term is off (removing it helped the adapted
     # model most in the ablation). The target colour transfer (target_style_prob) is off: on
     # the 150-identity test set it cost the adapted model 8.9 points of target mAP on seed 0
@@ -129,11 +129,11 @@ _COMMON_TRAIN: dict[str, Any] = {
 
 #: The adapted model is evaluated with camera-wise BatchNorm statistics taken from B's
 #: unlabelled training images (test-time adaptation to each target camera's colour cast and
-#: exposure; measured in the README's demo section). The source-only model must not see
+#: exposure; measured in docs/demo-measurements.md). The source-only model must not see
 #: target data and the oracle is the plain supervised model, so neither uses it.
 _ADAPT_ONLY: dict[str, Any] = {"camera_bn": True}
 
-#: The pseudo-label stage (measured, see the README's demo section): cluster B's training
+#: The pseudo-label stage (measured, see docs/demo-measurements.md): cluster B's training
 #: images with the adapted model every ``cluster_every`` steps and train the identity encoder
 #: on the clusters. ``cluster_k1`` follows the data's scale, about the images per identity
 #: (12 here, from the generator's settings, not from labels): with the real-data value 30,
@@ -146,11 +146,11 @@ _PSEUDO: dict[str, Any] = {
     "cluster_k2": 6,
     # MMT's eps rule (the mean of the smallest 0.16% of the distances) assumes hundreds of
     # identities: on 600 images of 50 it gave eps 0.11 and left 566 images outliers (seed 0).
-    # 0.4 keeps 65-85% of the images in 38-41 clusters there (README's demo section).
+    # 0.4 keeps 65-85% of the images in 38-41 clusters there (docs/demo-measurements.md).
     "cluster_eps": 0.4,
     "cluster_camera_bn": True,
     # The source classification stays on (w_cls 1, TrainConfig's default): a labelled A
-    # batch beside each pseudo-labelled B batch (README's demo section).
+    # batch beside each pseudo-labelled B batch (docs/demo-measurements.md).
     # Random erasing (p 0.5, as in Cluster Contrast) on the stage's batches keeps the model
     # from memorising its clusters' mistakes: from seeds 0 and 3's adapted models it took
     # the stage from 19.3 / 8.4 % to 23.0 / 10.6 % target mAP and the clusters' NMI rose
@@ -175,7 +175,7 @@ _PSEUDO: dict[str, Any] = {
     # does not lurch at the first, least reliable clusters. Averaged over its two runs,
     # seeds 0-7: 19.01 % target mAP against 18.21 % with 10 steps; held out, seeds 8-13:
     # 21.86 % against 20.33 %, but seeds 14-19: 20.1 % against 20.8 %. Over seeds 0-19,
-    # +0.6 points (standard error 0.35; README's demo section).
+    # +0.6 points (standard error 0.35; docs/demo-measurements.md).
     "warmup_steps": 50,
 }
 

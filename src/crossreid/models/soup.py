@@ -4,7 +4,7 @@ Runs fine-tuned from the same weights with different random streams (batch order
 augmentation) end close together, and the average of their weights is usually a better
 model than each of them (Wortsman et al., "Model soups", ICML 2022). The pseudo-label stage
 is such a case: each run learns from noisy pseudo-labels, and each memorises different
-mistakes; averaging keeps what the runs share (measured in the README's demo section).
+mistakes; averaging keeps what the runs share (measured in docs/demo-measurements.md).
 
 Floating-point tensors are averaged (summed in float64, then cast back); integer buffers
 (BatchNorm's ``num_batches_tracked``) are taken from the first run. BatchNorm's running
