@@ -23,6 +23,26 @@ def test_cosine_endpoints_and_middle():
     assert f(85) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
 
 
+def test_cosine_restarts_every_n_steps_after_warmup():
+    f = LRSchedule(max_steps=200, warmup_steps=50, kind="cosine", restart_every=50)
+    assert f(49) == pytest.approx(0.01 + 0.99 * 49 / 50)
+    # Each 50-step cycle after the warm-up: 1 at its start, 0.5 halfway, back to 1 after it.
+    assert [f(s) for s in (50, 75, 100, 125, 150)] == pytest.approx([1, 0.5, 1, 0.5, 1])
+    assert f(99) == pytest.approx(0.5 * (1 + math.cos(math.pi * 49 / 50)))
+    g = LRSchedule(max_steps=100, warmup_steps=10, restart_every=30, final_factor=0.2)
+    assert g(39) == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    assert g(40) == 1.0
+    # restart_every at least the run's length is the plain cosine up to the cycle's end.
+    plain, once = LRSchedule(max_steps=60, warmup_steps=10), LRSchedule(60, 10, restart_every=50)
+    assert [once(s) for s in range(60)] == pytest.approx([plain(s) for s in range(60)])
+
+
+@pytest.mark.parametrize(("kind", "every"), [("step", 10), ("constant", 10), ("cosine", -1)])
+def test_restarts_need_the_cosine_and_a_count(kind, every):
+    with pytest.raises(ValueError, match=f"restart_every {every}"):
+        LRSchedule(max_steps=100, kind=kind, restart_every=every)
+
+
 def test_step_schedule_default_and_explicit_milestones():
     f = LRSchedule(max_steps=100, kind="step", gamma=0.1)
     assert f.milestones == [50, 75]

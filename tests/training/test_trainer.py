@@ -63,6 +63,24 @@ def test_thirty_steps_loss_falls_and_outputs_exist(tmp_path, tiny_config):
     assert {"images/input", "images/pose_input", "images/reconstruction"} <= images
 
 
+def test_restart_every_drives_the_optimiser(tmp_path, tiny_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from crossreid.training.schedule import LRSchedule
+
+    config = tiny_config(
+        tmp_path / "run", max_steps=8, warmup_steps=2, restart_every=3, log_every=1, image_every=100
+    )
+    train(config, progress=False)
+    events = EventAccumulator(str(tmp_path / "run/tensorboard")).Reload()
+    logged = {e.step: e.value for e in events.Scalars("lr/head")}
+    # Logged after step s, the rate is the one step s + 1 uses: lr x the schedule at s.
+    f = LRSchedule(max_steps=8, warmup_steps=2, restart_every=3)
+    assert sorted(logged) == list(range(1, 9))
+    assert [logged[s] for s in logged] == pytest.approx([0.01 * f(s) for s in logged], rel=1e-6)
+    assert logged[5] == pytest.approx(0.01) and logged[8] == pytest.approx(0.01)  # restarts
+
+
 def test_resume_continues_bit_for_bit(tmp_path, tiny_config):
     # The step schedule with explicit milestones does not depend on max_steps, so a 2-step
     # run extended to 4 must equal a 4-step run. The interrupted run loads with workers.

@@ -166,6 +166,13 @@ class TrainConfig:
         "optimisation",
     )
     gamma: float = _f(0.1, "step schedule: lr factor at each milestone", "optimisation")
+    restart_every: int = _f(
+        0,
+        "cosine schedule: restart the cosine every N steps after the warm-up (SGDR; 0: one "
+        "cosine to max_steps); with method cluster, N = cluster_every ends each cycle at a "
+        "clustering",
+        "optimisation",
+    )
     # -- losses ----------------------------------------------------------------------------
     w_cls: float = _f(
         1.0,
@@ -374,6 +381,11 @@ class TrainConfig:
             raise ConfigError(f"image_size {h}x{w}: both sides must be at least 16 pixels")
         if (self.workers is not None and self.workers < 0) or self.warmup_steps < 0:
             raise ConfigError("workers and warmup_steps must be >= 0")
+        if self.restart_every < 0 or (self.restart_every and self.schedule != "cosine"):
+            raise ConfigError(
+                f"restart_every must be >= 0 and needs schedule cosine, got {self.restart_every} "
+                f"(schedule {self.schedule})"
+            )
         if not 0 <= self.target_style_prob <= 1:
             raise ConfigError(f"target_style_prob must be in [0, 1], got {self.target_style_prob}")
         if not 0 <= self.random_erasing <= 1:

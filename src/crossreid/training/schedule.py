@@ -1,4 +1,4 @@
-"""Learning-rate schedules: linear warm-up, then cosine, step or constant.
+"""Learning-rate schedules: linear warm-up, then cosine (optionally restarted), step or constant.
 
 The schedule is a pure function of the step (:class:`LRSchedule`), wrapped in a
 :class:`torch.optim.lr_scheduler.LambdaLR`, so a resumed run continues with exactly the
@@ -22,7 +22,9 @@ class LRSchedule:
 
     - warm-up: linear from ``warmup_start`` to 1 over ``warmup_steps`` steps;
     - ``cosine``: half a cosine from 1 to ``final_factor`` between the end of warm-up and
-      ``max_steps``;
+      ``max_steps``; with ``restart_every`` N > 0, half a cosine from 1 to ``final_factor``
+      over each N steps after the warm-up instead, restarting at 1 (SGDR, Loshchilov & Hutter,
+      ICLR 2017);
     - ``step``: ``gamma ** (number of milestones <= step)`` (default milestones: 50% and 75%
       of ``max_steps``);
     - ``constant``: 1.
@@ -32,6 +34,9 @@ class LRSchedule:
         >>> f = LRSchedule(max_steps=100, warmup_steps=10, kind="cosine")
         >>> round(f(0), 3), f(10), round(f(100), 3)
         (0.01, 1.0, 0.0)
+        >>> g = LRSchedule(max_steps=100, warmup_steps=10, restart_every=30)
+        >>> g(10), g(25), g(40)
+        (1.0, 0.5, 1.0)
     """
 
     max_steps: int
@@ -41,6 +46,7 @@ class LRSchedule:
     gamma: float = 0.1
     warmup_start: float = 0.01
     final_factor: float = 0.0
+    restart_every: int = 0
 
     def __post_init__(self) -> None:
         self.milestones = [int(m) for m in self.milestones] or [
@@ -49,6 +55,11 @@ class LRSchedule:
         ]
         if self.kind not in ("cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {self.kind!r}")
+        if self.restart_every < 0 or (self.restart_every and self.kind != "cosine"):
+            raise ValueError(
+                f"restart_every {self.restart_every}: a number of steps >= 0, for the cosine "
+                "schedule only"
+            )
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -57,8 +68,11 @@ class LRSchedule:
             return 1.0
         if self.kind == "step":
             return float(self.gamma ** sum(step >= m for m in self.milestones))
-        span = max(1, self.max_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.restart_every:
+            progress = (step - self.warmup_steps) % self.restart_every / self.restart_every
+        else:
+            span = max(1, self.max_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
         return self.final_factor + (1.0 - self.final_factor) * 0.5 * (
             1.0 + math.cos(math.pi * progress)
         )

@@ -281,6 +281,7 @@ def _schedule(config: TrainConfig) -> LRSchedule:
         kind=config.schedule,
         milestones=config.milestones,
         gamma=config.gamma,
+        restart_every=config.restart_every,
     )
 
 
