@@ -179,10 +179,10 @@ _PSEUDO: dict[str, Any] = {
     "warmup_steps": 50,
     # After the warm-up the learning rate restarts at each clustering and falls by a half
     # cosine over the round (SGDR), so each run ends a cycle at its last clustering and the
-    # two runs end further apart; their average gains more over them (+1.9 points, against
-    # +1.1 with one cosine over the stage). Two-run average, seeds 0-7 (where it was chosen):
-    # 19.66 % target mAP against 19.01 %; held out, seeds 8-13: 22.75 % against 21.86 %
-    # (higher on 5 of 6; docs/demo-measurements.md).
+    # two runs end further apart; their average gains more over them (+1.4 and +1.9 points on
+    # seeds 0-7 and 8-13, against +1.1 and +1.4 with one cosine over the stage). Two-run
+    # average, seeds 0-7 (where it was chosen): 19.66 % target mAP against 19.01 %; held
+    # out, seeds 8-13: 22.75 % against 21.86 % (higher on 5 of 6; docs/demo-measurements.md).
     "restart_every": 50,
 }
 
