@@ -182,8 +182,8 @@ _PSEUDO: dict[str, Any] = {
     # two runs end further apart; their average gains more over them (+1.4 and +1.9 points on
     # seeds 0-7 and 8-13, against +1.1 and +1.4 with one cosine over the stage). Two-run
     # average, seeds 0-7 (where it was chosen): 19.66 % target mAP against 19.01 %; held
-    # out, seeds 8-13: 22.75 % against 21.86 % (higher on 5 of 6), then seeds 14-17: 18.89 %
-    # against 18.19 % (higher on all 4; docs/demo-measurements.md).
+    # out, seeds 8-13: 22.75 % against 21.86 % (higher on 5 of 6), then seeds 14-19: +0.43
+    # points (higher on 5 of 6; docs/demo-measurements.md).
     "restart_every": 50,
 }
 
