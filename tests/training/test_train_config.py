@@ -124,7 +124,10 @@ def test_missing_or_unreadable_config_file(tmp_path):
         ({"max_rank": 10}, "max_rank must be >= 20"),
         ({"pooling": "avg"}, "pooling is 'avg'; expected one of max, gem"),
         ({"restart_every": -5}, "restart_every must be >= 0"),
-        ({"restart_every": 50, "schedule": "step"}, r"needs schedule cosine, got 50 \(schedule step"),
+        (
+            {"restart_every": 50, "schedule": "step"},
+            r"needs schedule cosine, got 50 \(schedule step",
+        ),
     ],
 )
 def test_validation_errors(changes, match):
