@@ -13,7 +13,7 @@ from crossreid.errors import ClusteringError, ConfigError
 from crossreid.evaluation.clustering import PseudoLabels, Reliability
 from crossreid.training import cluster as cluster_module
 from crossreid.training import data as training_data
-from crossreid.training.cluster import cluster_contrast_loss, update_memory
+from crossreid.training.cluster import cluster_contrast_loss, mixup_batch, update_memory
 from crossreid.training.trainer import train
 
 
@@ -33,6 +33,20 @@ def test_memory_moves_each_centroid_towards_its_samples_in_order():
     second = 0.1 * first + torch.tensor([0.9, 0.0])
     assert torch.allclose(memory[0], second / second.norm(), atol=1e-6)
     assert torch.equal(memory[1], torch.tensor([0.0, 1.0]))  # untouched
+
+
+def test_mixup_blends_the_batch_with_a_permutation_drawn_from_the_seed():
+    images = torch.arange(4 * 3, dtype=torch.float32).reshape(4, 1, 3, 1)
+    mixed, lam, perm = mixup_batch(images, 0.5, seed=7)
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == [0, 1, 2, 3]
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images[perm])
+    again, lam_again, perm_again = mixup_batch(images, 0.5, seed=7)  # a resumed step: the same
+    assert torch.equal(again, mixed) and lam_again == lam and torch.equal(perm_again, perm)
+    draws = {round(mixup_batch(images, 0.5, seed=s)[1], 6) for s in range(20)}
+    assert len(draws) == 20  # another step, another lam
+    # Beta(a, a) has mean 1/2 and, for small a, most of its mass near 0 and 1.
+    lams = np.array([mixup_batch(images, 0.2, seed=s)[1] for s in range(400)])
+    assert abs(lams.mean() - 0.5) < 0.06 and ((lams < 0.1) | (lams > 0.9)).mean() > 0.5
 
 
 class _TinyEncoder(torch.nn.Module):
@@ -209,6 +223,45 @@ def test_gem_stage_starts_from_a_max_pooling_run(tmp_path, tiny_config, arn_run)
     assert saved["config"]["model"]["pooling"] == "gem"
 
 
+def test_stage_with_mixup_mixes_the_two_labels_losses_and_resumes_exactly(
+    tmp_path, tiny_config, arn_run, monkeypatch
+):
+    split = {"max_steps": 3, "cluster_split_bn": True}  # target images normalised apart
+    plain = train(_stage(tiny_config, tmp_path / "a", arn_run, **split), progress=False)
+    mixed = train(
+        _stage(tiny_config, tmp_path / "b", arn_run, cluster_mixup=0.5, **split), progress=False
+    )
+    assert set(mixed.history[0]) == {"total", "ccl", "cls"}
+    assert [h["ccl"] for h in mixed.history] != [h["ccl"] for h in plain.history]
+    # With lam = 1 the blend is the batch itself and the permuted labels weigh 0: the losses
+    # and the memory (moved with the unblended images' vectors, which with the target images
+    # apart for BatchNorm are the training forward's) are the plain stage's.
+    real_draw = cluster_module.mixup_batch
+    monkeypatch.setattr(
+        cluster_module, "mixup_batch", lambda x, a, s: (x, 1.0, real_draw(x, a, s)[2])
+    )
+    identity = train(
+        _stage(tiny_config, tmp_path / "c", arn_run, cluster_mixup=0.5, **split), progress=False
+    )
+    assert [h["total"] for h in identity.history] == [h["total"] for h in plain.history]
+    monkeypatch.setattr(cluster_module, "mixup_batch", real_draw)
+    straight = train(
+        _stage(tiny_config, tmp_path / "d", arn_run, cluster_mixup=0.5), progress=False
+    )
+    train(_stage(tiny_config, tmp_path / "e", arn_run, max_steps=4, cluster_mixup=0.5),
+          progress=False)  # fmt: skip
+    resumed = train(
+        _stage(
+            tiny_config, tmp_path / "e", arn_run, cluster_mixup=0.5,
+            resume=str(tmp_path / "e"), init_from=None,
+        ),
+        progress=False,
+    )  # fmt: skip
+    assert [h["total"] for h in resumed.history] == [h["total"] for h in straight.history[4:]]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_stage_never_reads_target_labels(tmp_path, tiny_config, arn_run, monkeypatch):
     honest = train(_stage(tiny_config, tmp_path / "a", arn_run, max_steps=3), progress=False)
     real = training_data.resolve_dataset
@@ -264,6 +317,8 @@ def test_too_few_reliable_clusters_stop_with_one_line_naming_the_criterion(
         ({"w_ccl": 0.0, "w_cls": 0.0}, "w_cls, w_ccl are all 0"),
         ({"w_ccl": 0.0}, "method cluster needs w_ccl > 0"),
         ({"cluster_reliability": 0.0}, "cluster_reliability must be in"),
+        ({"cluster_mixup": -0.5}, "cluster_mixup must be >= 0"),
+        ({"cluster_mixup": float("nan")}, "cluster_mixup must be >= 0"),
         ({"cluster_split_bn": True, "w_cls": 0.0}, "with w_cls 0 the stage has no source"),
         ({"cluster_reliability": 0.1, "cluster_eps": 0.05}, r"cluster_eps -/\+ it in \(0, 1\)"),
     ],

@@ -19,7 +19,10 @@ cluster-contrast loss of Dai et al., 2021), then moves each sample's centroid to
 (``m ← momentum·m + (1 − momentum)·f``, renormalised). With the source classification kept
 (``w_cls > 0``) a labelled source batch goes with each step, through the same identity
 encoder: with the target images (one batch for BatchNorm), or apart from them with
-``cluster_split_bn``.
+``cluster_split_bn``. With ``cluster_mixup`` the step's target images are blended with a
+permutation of themselves (mixup, one weight per step) and the cluster-contrast loss mixes
+the two pseudo-labels' losses by that weight; the memory then moves with the unblended
+images' vectors (one more forward pass, without gradients).
 
 Target identity labels are never read: records keep only their path and camera. The
 checkpoint holds the current pseudo-labels and memory, so a run resumed mid-epoch continues
@@ -65,7 +68,7 @@ from crossreid.utils.distributed import DistInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClusterMethod", "cluster_contrast_loss", "update_memory"]
+__all__ = ["ClusterMethod", "cluster_contrast_loss", "mixup_batch", "update_memory"]
 
 
 def cluster_contrast_loss(
@@ -86,6 +89,26 @@ def update_memory(
     for feature, label in zip(features, labels.tolist(), strict=True):
         centroid = momentum * memory[label] + (1.0 - momentum) * feature
         memory[label] = centroid / centroid.norm().clamp_min(1e-12)
+
+
+#: Salt of the mixup draws, so that they do not share a stream with the step's other draws.
+_MIXUP_SALT = 0x5EED1234
+
+
+def mixup_batch(
+    images: torch.Tensor, alpha: float, seed: int
+) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Mixup (Zhang et al., ICLR 2018) of a batch with a permutation of itself.
+
+    Returns ``lam * images + (1 - lam) * images[perm]``, ``lam`` drawn from Beta(``alpha``,
+    ``alpha``) and ``perm`` a random permutation of the batch, both from ``seed`` alone (so a
+    resumed run draws the same). A regulariser for noisy labels: a blend of two pseudo-
+    identities cannot be fitted by memorising either image's label.
+    """
+    lam = float(np.random.default_rng(seed ^ _MIXUP_SALT).beta(alpha, alpha))
+    generator = torch.Generator().manual_seed(seed ^ _MIXUP_SALT)
+    perm = torch.randperm(images.shape[0], generator=generator)
+    return lam * images + (1.0 - lam) * images[perm.to(images.device)], lam, perm
 
 
 class _StageForward(nn.Module):
@@ -335,6 +358,7 @@ class ClusterMethod:
         torch.manual_seed(seed)  # dropout etc.
         images, labels = images.to(self.device), labels.to(self.device)
         count = images.shape[0]
+        source = None
         if self.use_source:
             source, pids, _, _ = next(self._source)
             source, pids = source.to(self.device), pids.to(self.device)
@@ -343,15 +367,28 @@ class ClusterMethod:
                 source = transfer_colour_statistics(
                     source, images, generator, prob=c.target_style_prob
                 )
+        clean = mix = None
+        if c.cluster_mixup > 0:
+            # The memory moves with the unblended images' vectors, so that each centroid
+            # stays on the images of its cluster.
+            with torch.no_grad(), self._autocast():
+                clean = self.model.encode_identity(images)[1].float()
+            images, lam, perm = mixup_batch(images, c.cluster_mixup, seed)
+            mix = (lam, perm.to(self.device))
+        if source is not None:
             images = torch.cat((images, source))
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.scaler is not None):
+        with self._autocast():
             vectors, logits = self.forward_module(images, count)
         vectors = vectors.float()
-        terms = {"ccl": cluster_contrast_loss(
-            vectors[:count], labels, self.memory, c.memory_temperature
-        )}  # fmt: skip
+        ccl = cluster_contrast_loss(vectors[:count], labels, self.memory, c.memory_temperature)
+        if mix is not None:  # each blended image is lam of its own cluster, 1 - lam of perm's
+            lam, perm = mix
+            ccl = lam * ccl + (1.0 - lam) * cluster_contrast_loss(
+                vectors[:count], labels[perm], self.memory, c.memory_temperature
+            )
+        terms = {"ccl": ccl}
         if logits is not None:
             terms["cls"] = losses.classification_loss(
                 logits.float(), pids, label_smoothing=c.label_smoothing
@@ -360,12 +397,18 @@ class ClusterMethod:
         values = optimise(
             total, terms, self.optimizer, self.scheduler, self.scaler, self.params, state.step
         )
-        batch = vectors[:count].detach()
+        batch = (vectors[:count] if clean is None else clean).detach()
         if self.dist.is_distributed:  # every rank's samples, so the memories stay equal
             batch, labels = _gather_from_ranks(batch), _gather_from_ranks(labels)
         update_memory(self.memory, batch, labels, c.memory_momentum)
         return StepOutput(
             {"total": values[0], **dict(zip(terms, values[2:], strict=True))}, values[1], None
+        )
+
+    def _autocast(self):
+        """Mixed precision in the stage's forwards when the run uses it (AMP on CUDA)."""
+        return torch.autocast(
+            self.device.type, dtype=torch.float16, enabled=self.scaler is not None
         )
 
     # -- checkpoint --------------------------------------------------------------------------

@@ -244,6 +244,13 @@ class TrainConfig:
         "stay together (default: off, every DBSCAN cluster)",
         "cluster",
     )
+    cluster_mixup: float = _f(
+        0.0,
+        "mixup of the target batch: each step blends its images with a permutation of them, "
+        "weight lam ~ Beta(a, a) for this a, and mixes the two pseudo-labels' cluster-contrast "
+        "losses by lam; the memory moves with the unblended images (0: off)",
+        "cluster",
+    )
     memory_momentum: float = _f(0.1, "momentum of the centroid memory update", "cluster")
     memory_temperature: float = _f(0.05, "temperature of the centroid cross-entropy", "cluster")
     # -- evaluation and logging ------------------------------------------------------------
@@ -449,6 +456,8 @@ class TrainConfig:
                 "cluster_split_bn separates the target and source images of a step, and with "
                 "w_cls 0 the stage has no source images: set w_cls > 0 or drop the option"
             )
+        if not (math.isfinite(self.cluster_mixup) and self.cluster_mixup >= 0):
+            raise ConfigError(f"cluster_mixup must be >= 0 (0: off), got {self.cluster_mixup}")
         if self.cluster_reliability is not None:
             delta, eps = self.cluster_reliability, self.cluster_eps
             if not 0 < delta < 0.5 or (eps is not None and not 0 < eps - delta < eps + delta < 1):
