@@ -101,14 +101,14 @@ def mixup_batch(
     """Mixup (Zhang et al., ICLR 2018) of a batch with a permutation of itself.
 
     Returns ``lam * images + (1 - lam) * images[perm]``, ``lam`` drawn from Beta(``alpha``,
-    ``alpha``) and ``perm`` a random permutation of the batch, both from ``seed`` alone (so a
-    resumed run draws the same). A regulariser for noisy labels: a blend of two pseudo-
-    identities cannot be fitted by memorising either image's label.
+    ``alpha``) and ``perm`` a random permutation of the batch (on the images' device), both
+    from ``seed`` alone (so a resumed run draws the same). A regulariser for noisy labels: a
+    blend of two pseudo-identities cannot be fitted by memorising either image's label.
     """
     lam = float(np.random.default_rng(seed ^ _MIXUP_SALT).beta(alpha, alpha))
     generator = torch.Generator().manual_seed(seed ^ _MIXUP_SALT)
-    perm = torch.randperm(images.shape[0], generator=generator)
-    return lam * images + (1.0 - lam) * images[perm.to(images.device)], lam, perm
+    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    return lam * images + (1.0 - lam) * images[perm], lam, perm
 
 
 class _StageForward(nn.Module):
@@ -374,7 +374,7 @@ class ClusterMethod:
             with torch.no_grad(), self._autocast():
                 clean = self.model.encode_identity(images)[1].float()
             images, lam, perm = mixup_batch(images, c.cluster_mixup, seed)
-            mix = (lam, perm.to(self.device))
+            mix = (lam, perm)
         if source is not None:
             images = torch.cat((images, source))
         if c.channels_last:
